@@ -35,7 +35,8 @@ def _coerce(name: str, value: object, default: object) -> object:
             return int(value)  # type: ignore[call-overload]
         return str(value)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"setting {name}={value!r} is not a valid {type(default).__name__}") from exc
+        kind = type(default).__name__
+        raise ConfigError(f"setting {name}={value!r} is not a valid {kind}") from exc
 
 
 def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -> Settings:

@@ -51,7 +51,7 @@ HARDWARE: tuple[Hardware, ...] = (
         "RX 580 8GB", "ethash", 30 * MH, 150, "public GPU benchmarks (estimate, not in REFERENCE)"
     ),
     # Equihash 200,9 (ZCash): ASIC and GPU classes.
-    Hardware("Antminer Z15", "equihash", 420 * KH, 1510, "Bitmain spec sheet (estimate, not in REF)"),
+    Hardware("Antminer Z15", "equihash", 420 * KH, 1510, "Bitmain spec sheet (not in REF)"),
     Hardware("GTX 1080 Ti", "equihash", 700, 250, "public GPU benchmarks (estimate, not in REF)"),
     # RandomX (Monero) on CPUs: no vendor figure exists. Bounds from XMRig's guidance of
     # ~4-6 kH/s per DDR4 channel: a dual-channel 16-core desktop (~12 kH/s at ~150 W package

@@ -1,0 +1,1 @@
+"""Network detection: decoding, TCP sessions, Stratum dialects, intelligence, hash rate."""
