@@ -1,0 +1,1 @@
+"""Source modules: each turns one outside format into the canonical Arrow tables."""
