@@ -261,9 +261,7 @@ address,hwaddr,client_id,valid_lifetime,expire,subnet_id,fqdn_fwd,fqdn_rev,hostn
 
 
 def test_kea_renewals_merge_and_releases_close(tmp_path: Path) -> None:
-    text = KEA.format(
-        e1=epoch(T(9)), e2=epoch(T(9, 30)), e3=epoch(T(9, 40)), e4=epoch(T(11))
-    )
+    text = KEA.format(e1=epoch(T(9)), e2=epoch(T(9, 30)), e3=epoch(T(9, 40)), e4=epoch(T(11)))
     p = write(tmp_path, "kea-leases4.csv", text)
     assert sniff_format(p) == "kea"
     load = read_kea_csv(p)

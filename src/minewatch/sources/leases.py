@@ -175,8 +175,6 @@ def _epoch_to_ts(expr: pl.Expr, unit: Literal["s", "ms"] = "s") -> pl.Expr:
     )
 
 
-
-
 def _parse_time(expr: pl.Expr, tz: str) -> pl.Expr:
     """Epoch seconds, ISO 8601, or FreeRADIUS' ``Nov 25 2026 08:00:00 UTC`` / ctime forms.
 
@@ -645,7 +643,7 @@ def read_kea_csv(
         new_run=(
             (pl.col("subscriber_id") != pl.col("prev_sub"))
             | pl.col("prev_sub").is_null()
-            | (pl.col("start") > pl.col("prev_expire"))
+            | ((pl.col("start") > pl.col("prev_expire")) & (pl.col("life") > 0))
             | (pl.col("prev_life") == 0)
         ).fill_null(True)
     )
