@@ -318,7 +318,8 @@ def test_cgnat_rfc8158_field_names(tmp_path: Path) -> None:
 
 def test_cgnat_syslog_form(tmp_path: Path) -> None:
     text = (
-        "<134>1 2026-11-25T08:00:00Z cgn01 nat - - - PBA ALLOC 100.64.2.2 -> 198.51.100.9:2048-2559\n"
+        "<134>1 2026-11-25T08:00:00Z cgn01 nat - - - "
+        "PBA ALLOC 100.64.2.2 -> 198.51.100.9:2048-2559\n"
         "Nov 25 09:00:00 cgn01 nat: PBA RELEASE 100.64.2.2 -> 198.51.100.9:2048-2559\n"
         "Nov 25 09:00:00 cgn01 nat: something unrelated\n"
     )

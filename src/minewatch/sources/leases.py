@@ -129,9 +129,7 @@ def _finish(
     if rejected_frame.height:
         for row in rejected_frame.iter_rows(named=True):
             q.reject(f"leases.{source}", f"{path}:{row['where']}", row["reason"], row["record"])
-        reasons = dict(
-            rejected_frame.group_by("reason").len().sort("reason").iter_rows()  # type: ignore[arg-type]
-        )
+        reasons = dict(rejected_frame.group_by("reason").len().sort("reason").iter_rows())
     out = df.select(
         pl.col("ip").cast(pl.String),
         pl.col("start").cast(_TS),
@@ -718,9 +716,7 @@ def read_cgnat_log(
     head = _read_text(p)[:4096]
     first = head.splitlines()[0] if head.strip() else ""
     if "," in first and not _SYSLOG.match(first):
-        df = _read_csv_strings(p).rename(
-            lambda c: _RFC8158.get(c.strip(), c.strip())  # type: ignore[arg-type]
-        )
+        df = _read_csv_strings(p).rename(lambda c: _RFC8158.get(c.strip(), c.strip()))
         need = {"event", "private_ip", "public_ip", "port_lo", "port_hi"}
         if not need <= set(df.columns) or not ({"ts", "ts_ms"} & set(df.columns)):
             raise InputError(
