@@ -1,0 +1,363 @@
+"""A live NetFlow v5/v9 and IPFIX collector over UDP.
+
+:class:`FlowCollector` receives export datagrams on one UDP socket inside an asyncio loop,
+decodes them with :class:`minewatch.sources.netflow.NetflowDecoder` (templates per exporter
+and observation domain), writes the flows to the Parquet store in rolling files, and hands
+every new FLOWS batch to a *detector hook*. It keeps serving whatever arrives: a datagram that
+cannot be decoded is counted and quarantined, and even an unexpected error inside the decoder
+is counted (``errors``) and quarantined rather than stopping the loop.
+
+The detector hook (:data:`Detector`) is the extension point for sliding-window detection: a
+callable that receives each new FLOWS record batch and returns detection dicts (the JSON Lines
+contract of DESIGN.md); the collector prints each as one JSON line on stdout as soon as it is
+returned. :func:`passthrough` is the default and reports nothing.
+
+Counters are exposed as Prometheus metrics (``prometheus-client``), read from the decoder at
+scrape time so that the receive path pays nothing for them. Kernel drops of the UDP socket
+(datagrams the collector never saw because its buffer was full) are read from
+``/proc/net/udp``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import pyarrow as pa
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from minewatch.errors import Quarantine
+from minewatch.sources.flowstore import write_flows
+from minewatch.sources.netflow import NetflowDecoder
+
+Detector = Callable[[pa.RecordBatch], Iterable[dict[str, Any]]]
+"""A sliding-window detector: gets each new FLOWS batch, returns detections (may be none)."""
+
+
+def passthrough(batch: pa.RecordBatch) -> list[dict[str, Any]]:
+    """The default detector hook: looks at nothing, reports nothing."""
+    return []
+
+
+def parse_hostport(text: str, default_port: int = 2055) -> tuple[str, int]:
+    """``"127.0.0.1:2055"``, ``"[::1]:2055"``, ``":2055"`` or ``"127.0.0.1"``."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":")
+        return host, int(port) if port else default_port
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return host or "127.0.0.1", int(port)
+    if text.count(":") > 1:
+        return text, default_port
+    return text, default_port
+
+
+def kernel_drops(sock: socket.socket) -> int:
+    """Datagrams the kernel dropped for this socket (``drops`` column of /proc/net/udp)."""
+    try:
+        inode = os.fstat(sock.fileno()).st_ino
+    except OSError:
+        return 0
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(name, encoding="ascii") as fh:
+                next(fh, None)
+                for line in fh:
+                    parts = line.split()
+                    if len(parts) >= 13 and parts[9] == str(inode):
+                        return int(parts[12])
+        except OSError:
+            continue
+    return 0
+
+
+@dataclass
+class RollingWriter:
+    """Buffers FLOWS batches and writes them to the store every ``roll_s`` or ``roll_rows``."""
+
+    out: Path | None
+    roll_s: float = 60.0
+    roll_rows: int = 500_000
+    files_written: int = 0
+    rows_written: int = 0
+    _batches: list[pa.RecordBatch] = field(default_factory=list)
+    _rows: int = 0
+    _since: float = field(default_factory=time.monotonic)
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if self.out is None or batch.num_rows == 0:
+            return
+        self._batches.append(batch)
+        self._rows += batch.num_rows
+        if self._rows >= self.roll_rows:
+            self.roll()
+
+    def due(self) -> bool:
+        return bool(self._batches) and time.monotonic() - self._since >= self.roll_s
+
+    def roll(self) -> None:
+        self._since = time.monotonic()
+        if self.out is None or not self._batches:
+            return
+        table = pa.Table.from_batches(self._batches)
+        self._batches, self._rows = [], 0
+        self.files_written += len(write_flows(table, self.out))
+        self.rows_written += table.num_rows
+
+
+class _Metrics(Collector):
+    """Prometheus view of a running collector, computed when scraped."""
+
+    def __init__(self, owner: FlowCollector) -> None:
+        self.owner = owner
+
+    def collect(self) -> Iterator[Metric]:
+        o = self.owner
+        s = o.decoder.stats
+        prefix = "minewatch_collector_"
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(prefix + name, doc, value=value)
+
+        yield counter("received_datagrams", "Export datagrams received", o.received)
+        yield counter("received_bytes", "Bytes of export datagrams received", o.received_bytes)
+        yield counter("decoded_datagrams", "Datagrams decoded in full", s.datagrams_decoded)
+        yield counter("decoded_flows", "Flow records decoded and accepted", s.flows_accepted)
+        dropped = CounterMetricFamily(
+            prefix + "dropped", "Data lost before decoding, by reason", labels=["reason"]
+        )
+        dropped.add_metric(["kernel_buffer"], o.kernel_drops())
+        dropped.add_metric(["template_never_arrived"], s.sets_expired)
+        dropped.add_metric(["rejected_datagram"], s.datagrams_rejected)
+        dropped.add_metric(["rejected_flow"], s.flows_rejected)
+        yield dropped
+        yield counter("quarantined", "Records and datagrams sent to quarantine", o.quarantine.total)
+        yield counter(
+            "exporter_sequence_lost", "Lost according to export sequence numbers", s.sequence_lost
+        )
+        yield counter(
+            "exporter_sequence_backwards",
+            "Export sequences that went backwards",
+            s.sequence_backwards,
+        )
+        yield counter("templates_received", "Template records received", s.templates_received)
+        yield counter("template_redefinitions", "Templates redefined", s.template_redefinitions)
+        yield counter("errors", "Unexpected decoder errors survived", o.errors)
+        yield counter("detections", "Detections reported by the detector hook", o.detections)
+        yield counter("written_flows", "Flow rows written to the store", o.writer.rows_written)
+        yield GaugeMetricFamily(
+            prefix + "templates", "Templates currently known", value=o.decoder.template_count
+        )
+        yield GaugeMetricFamily(
+            prefix + "held_sets", "Data sets waiting for their template", value=o.decoder.held_sets
+        )
+
+
+class FlowCollector:
+    """UDP NetFlow/IPFIX collector; see the module docstring.
+
+    Use :meth:`run` inside an event loop (stops when ``stop`` is set), or :func:`serve` from a
+    command line.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 2055,
+        *,
+        out: str | Path | None = None,
+        quarantine: Quarantine | None = None,
+        detector: Detector = passthrough,
+        emit: TextIO | None = None,
+        flush_s: float = 0.5,
+        roll_s: float = 60.0,
+        roll_rows: int = 500_000,
+        rcvbuf: int = 32 * 1024 * 1024,
+    ) -> None:
+        self.host, self.port = host, port
+        self.quarantine = quarantine if quarantine is not None else Quarantine()
+        self.decoder = NetflowDecoder(self.quarantine, source="collector")
+        self.detector = detector
+        self.emit = emit if emit is not None else sys.stdout
+        self.flush_s = flush_s
+        self.writer = RollingWriter(Path(out) if out is not None else None, roll_s, roll_rows)
+        self.rcvbuf = rcvbuf
+        self.received = 0
+        self.received_bytes = 0
+        self.errors = 0
+        self.detections = 0
+        self.registry = CollectorRegistry()
+        self.registry.register(_Metrics(self))
+        self.sock: socket.socket | None = None
+        self._last_flush = time.monotonic()
+
+    # ----------------------------------------------------------------- socket
+    def bind(self) -> tuple[str, int]:
+        """Open the UDP socket (port 0 picks a free one); returns the bound address."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+            if opt is None:
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, self.rcvbuf)
+                break
+            except OSError:
+                continue
+        sock.bind((self.host, self.port))
+        sock.setblocking(False)
+        self.sock = sock
+        addr = sock.getsockname()
+        self.port = int(addr[1])
+        return str(addr[0]), self.port
+
+    def kernel_drops(self) -> int:
+        return kernel_drops(self.sock) if self.sock is not None else 0
+
+    def start_metrics(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` over HTTP in a daemon thread; returns the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_address[1])
+
+    # ----------------------------------------------------------------- receive path
+    def _drain(self, limit: int = 4096) -> None:
+        """Read every datagram waiting on the socket (up to ``limit``) and feed the decoder."""
+        sock = self.sock
+        if sock is None:
+            return
+        feed = self.decoder.feed
+        for _ in range(limit):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.errors += 1
+                break
+            self.received += 1
+            self.received_bytes += len(data)
+            try:
+                feed(data, addr[0])
+            except Exception as exc:  # keep serving whatever a datagram does to the decoder
+                self.errors += 1
+                self.quarantine.reject(
+                    "collector", f"{addr[0]}", f"decoder error {type(exc).__name__}: {exc}", data
+                )
+        if self.decoder.ready_sets >= 512 or time.monotonic() - self._last_flush >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> int:
+        """Decode what is ready, write it, run the detector hook. Returns rows decoded."""
+        self._last_flush = time.monotonic()
+        try:
+            batch = self.decoder.take()
+        except Exception as exc:
+            self.errors += 1
+            self.quarantine.reject(
+                "collector", "flush", f"decoder error {type(exc).__name__}: {exc}"
+            )
+            return 0
+        if batch.num_rows:
+            self.writer.add(batch)
+            self._detect(batch)
+        if self.writer.due():
+            self.writer.roll()
+        return batch.num_rows
+
+    def _detect(self, batch: pa.RecordBatch) -> None:
+        try:
+            found = list(self.detector(batch))
+        except Exception as exc:
+            self.errors += 1
+            self.quarantine.reject(
+                "collector", "detector", f"detector error {type(exc).__name__}: {exc}"
+            )
+            return
+        for det in found:
+            self.detections += 1
+            self.emit.write(json.dumps(det, default=str, ensure_ascii=False) + "\n")
+        if found:
+            self.emit.flush()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set; then decode, write and report what is left."""
+        if self.sock is None:
+            self.bind()
+        assert self.sock is not None
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.sock.fileno(), self._drain)
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.flush_s)
+                self._drain()
+                self.flush()
+        finally:
+            loop.remove_reader(self.sock.fileno())
+            self._drain()
+            self.close()
+
+    def close(self) -> None:
+        """Decode the rest, reject sets still waiting for templates, write and close."""
+        try:
+            batch = self.decoder.finish()
+            if batch.num_rows:
+                self.writer.add(batch)
+                self._detect(batch)
+        finally:
+            self.writer.roll()
+            self.quarantine.close()
+
+    def counters(self) -> dict[str, int]:
+        s = self.decoder.stats
+        return {
+            "received": self.received,
+            "decoded": s.flows_accepted,
+            "dropped": self.kernel_drops() + s.sets_expired,
+            "quarantined": self.quarantine.total,
+            "templates": self.decoder.template_count,
+            "errors": self.errors,
+            "detections": self.detections,
+        }
+
+
+def serve(
+    collector: FlowCollector,
+    *,
+    metrics: tuple[str, int] | None = None,
+    duration_s: float | None = None,
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, int]:
+    """Run ``collector`` until SIGINT/SIGTERM (or ``duration_s``); return its counters."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        if duration_s is not None:
+            loop.call_later(duration_s, stop.set)
+        host, port = collector.bind()
+        info: dict[str, Any] = {"listen": f"{host}:{port}"}
+        if metrics is not None:
+            info["metrics"] = f"{metrics[0]}:{collector.start_metrics(*metrics)}"
+        if on_ready is not None:
+            on_ready(info)
+        await collector.run(stop)
+
+    asyncio.run(main())
+    return collector.counters()

@@ -1,0 +1,307 @@
+"""The flow store: partitioned Parquet of the canonical ``flows``/``dns``/``evidence`` tables.
+
+Layout under the store root::
+
+    flows/date=YYYY-MM-DD/exporter_dir=NAME/part-<uuid>-0.parquet
+    dns/date=YYYY-MM-DD/part-<uuid>-0.parquet
+    evidence/part-<uuid>-0.parquet
+
+Every write adds new files (a unique name per write), so ingests and the live collector's
+rolling files never overwrite one another. :func:`read_flows` reads the whole store (or a
+date range) back as one FLOWS table.
+
+This module also holds :class:`IngestResult`, what every source reader returns, and
+:func:`ingest`, which detects the format of each input, reads it with the right source
+module and writes the store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from minewatch.errors import InputError, Quarantine
+from minewatch.schema import DNS, EVIDENCE, FLOWS
+
+FORMATS = ("netflow", "nfcapd", "zeek", "eve", "cic")
+_PARTITION_SAFE = re.compile(r"[^A-Za-z0-9._:-]")
+
+
+@dataclass
+class IngestResult:
+    """What a source reader returns: canonical tables plus conserved counts.
+
+    ``read == accepted + rejected`` always holds. A unit is a record where the input can be
+    cut into records; a part that cannot (a damaged datagram, a data set whose template
+    never arrived) counts as one rejected unit.
+    """
+
+    format: str
+    flows: pa.Table
+    dns: pa.Table = field(default_factory=DNS.empty_table)
+    evidence: pa.Table = field(default_factory=EVIDENCE.empty_table)
+    read: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "read": self.read,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "flows": self.flows.num_rows,
+            "dns": self.dns.num_rows,
+            "evidence": self.evidence.num_rows,
+        }
+
+
+def _partition_value(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Exporter names made safe as directory names (anything odd becomes ``_``)."""
+    filled = pc.fill_null(values, "unknown")
+    return pc.replace_substring_regex(filled, _PARTITION_SAFE.pattern, "_")
+
+
+def write_flows(table: pa.Table | pa.RecordBatch, root: str | Path) -> list[Path]:
+    """Append FLOWS rows to the store, partitioned by UTC date and exporter."""
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    table = table.select(FLOWS.names).cast(FLOWS)
+    if table.num_rows == 0:
+        return []
+    date = pc.strftime(table["ts_start"], format="%Y-%m-%d")
+    part = table.append_column("date", date).append_column(
+        "exporter_dir", _partition_value(table["exporter"])
+    )
+    return _write(part, Path(root) / "flows", ["date", "exporter_dir"])
+
+
+def write_dns(table: pa.Table, root: str | Path) -> list[Path]:
+    table = table.select(DNS.names).cast(DNS)
+    if table.num_rows == 0:
+        return []
+    date = pc.strftime(table["ts"], format="%Y-%m-%d")
+    return _write(table.append_column("date", date), Path(root) / "dns", ["date"])
+
+
+def write_evidence(table: pa.Table, root: str | Path) -> list[Path]:
+    table = table.select(EVIDENCE.names).cast(EVIDENCE)
+    if table.num_rows == 0:
+        return []
+    return _write(table, Path(root) / "evidence", [])
+
+
+def _write(table: pa.Table, base: Path, partitions: list[str]) -> list[Path]:
+    written: list[Path] = []
+
+    def visit(f: Any) -> None:
+        written.append(Path(f.path))
+
+    ds.write_dataset(
+        table,
+        base,
+        format="parquet",
+        partitioning=ds.partitioning(
+            pa.schema([(p, pa.string()) for p in partitions]), flavor="hive"
+        )
+        if partitions
+        else None,
+        basename_template=f"part-{uuid.uuid4().hex}-{{i}}.parquet",
+        existing_data_behavior="overwrite_or_ignore",
+        file_visitor=visit,
+    )
+    return written
+
+
+def _dataset(base: Path, partitions: list[str]) -> ds.Dataset | None:
+    if not base.is_dir() or not any(base.rglob("*.parquet")):
+        return None
+    return ds.dataset(
+        base,
+        format="parquet",
+        partitioning=ds.partitioning(
+            pa.schema([(p, pa.string()) for p in partitions]), flavor="hive"
+        )
+        if partitions
+        else None,
+    )
+
+
+def read_flows(
+    root: str | Path,
+    *,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> pa.Table:
+    """All FLOWS rows of a store (optionally only partitions dated start..end inclusive).
+
+    The exporter column comes from the files themselves; the directory name is only a
+    file-system-safe copy of it for pruning.
+    """
+    d = _dataset(Path(root) / "flows", ["date", "exporter_dir"])
+    if d is None:
+        return FLOWS.empty_table()
+    flt = None
+    if start is not None:
+        flt = ds.field("date") >= start.isoformat()
+    if end is not None:
+        e = ds.field("date") <= end.isoformat()
+        flt = e if flt is None else flt & e
+    return d.to_table(columns=FLOWS.names, filter=flt).cast(FLOWS)
+
+
+def read_dns(root: str | Path) -> pa.Table:
+    d = _dataset(Path(root) / "dns", ["date"])
+    if d is None:
+        return DNS.empty_table()
+    return d.to_table(columns=DNS.names).cast(DNS)
+
+
+def read_evidence(root: str | Path) -> pa.Table:
+    d = _dataset(Path(root) / "evidence", [])
+    if d is None:
+        return EVIDENCE.empty_table()
+    return d.to_table(columns=EVIDENCE.names).cast(EVIDENCE)
+
+
+# --------------------------------------------------------------------------- formats
+def detect_format(path: str | Path) -> str:
+    """Guess the format of one input file from its first bytes.
+
+    Raises :class:`InputError` when nothing matches.
+    """
+    from minewatch.sources import netflow
+
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(65536)
+    except OSError as exc:
+        raise InputError(f"cannot open: {exc.strerror}", path=p) from exc
+    if head[:2] == b"\x0c\xa5":
+        return "nfcapd"
+    if netflow.looks_like_export(head):
+        return "netflow"
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff")
+    first = text.lstrip().split("\n", 1)[0]
+    if text.startswith("#separator") or text.startswith("#fields"):
+        return "zeek"
+    if first.startswith("{"):
+        try:
+            obj = json.loads(first)
+        except json.JSONDecodeError:
+            obj = {}
+        if isinstance(obj, dict):
+            if "event_type" in obj:
+                return "eve"
+            if "uid" in obj or "id.orig_h" in obj:
+                return "zeek"
+            if "type" in obj and obj.get("type") == "FLOW":
+                return "nfcapd"
+        # a line that is not JSON: look at the next ones (EVE files may start damaged)
+        for line in text.split("\n")[1:20]:
+            if '"event_type"' in line:
+                return "eve"
+            if '"id.orig_h"' in line:
+                return "zeek"
+    if first.startswith("["):
+        return "nfcapd"  # nfdump -o json writes one JSON array
+    low = first.lower()
+    if "flow duration" in low or ("src ip" in low and "dst ip" in low) or "flow_duration" in low:
+        return "cic"
+    if low.startswith("ts,te,td,sa,da") or low.startswith("firstseen,"):
+        return "nfcapd"
+    raise InputError(
+        "format not recognised",
+        path=p,
+        hint="give --format netflow|nfcapd|zeek|eve|cic",
+    )
+
+
+def expand_inputs(sources: Iterable[str | Path]) -> list[Path]:
+    """Files named, and files inside directories named (recursively, sorted)."""
+    out: list[Path] = []
+    for s in sources:
+        p = Path(s)
+        if p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*") if q.is_file()))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise InputError("no such file or directory", path=p)
+    return out
+
+
+def read_source(
+    paths: Sequence[Path], fmt: str, quarantine: Quarantine | None = None
+) -> IngestResult:
+    """Read files of one format into canonical tables (Zeek logs are read together)."""
+    from minewatch.sources import cicflowmeter, netflow, nfdump, suricata, zeek
+
+    results: list[IngestResult] = []
+    if fmt == "zeek":
+        results.append(zeek.read_zeek(paths, quarantine=quarantine))
+    else:
+        for p in paths:
+            if fmt == "netflow":
+                results.append(netflow.read_netflow(p, quarantine=quarantine))
+            elif fmt == "nfcapd":
+                results.append(nfdump.read_nfdump(p, quarantine=quarantine))
+            elif fmt == "eve":
+                results.append(suricata.read_eve(p, quarantine=quarantine))
+            elif fmt == "cic":
+                results.append(cicflowmeter.read_cicflowmeter(p, quarantine=quarantine))
+            else:
+                raise InputError(f"unknown format {fmt!r}", hint="one of " + ", ".join(FORMATS))
+    return merge_results(results, fmt)
+
+
+def merge_results(results: Sequence[IngestResult], fmt: str) -> IngestResult:
+    if not results:
+        return IngestResult(format=fmt, flows=FLOWS.empty_table())
+    return IngestResult(
+        format=fmt,
+        flows=pa.concat_tables([r.flows for r in results]),
+        dns=pa.concat_tables([r.dns for r in results]),
+        evidence=pa.concat_tables([r.evidence for r in results]),
+        read=sum(r.read for r in results),
+        accepted=sum(r.accepted for r in results),
+        rejected=sum(r.rejected for r in results),
+    )
+
+
+def ingest(
+    sources: Iterable[str | Path],
+    into: str | Path,
+    *,
+    fmt: str = "auto",
+    quarantine: Quarantine | None = None,
+) -> list[IngestResult]:
+    """Read every input (detecting formats unless ``fmt`` is given) and write the store.
+
+    Returns one result per format found, in the order first seen.
+    """
+    files = expand_inputs(sources)
+    by_format: dict[str, list[Path]] = {}
+    for f in files:
+        by_format.setdefault(detect_format(f) if fmt == "auto" else fmt, []).append(f)
+    out: list[IngestResult] = []
+    for name, paths in by_format.items():
+        res = read_source(paths, name, quarantine)
+        write_flows(res.flows, into)
+        write_dns(res.dns, into)
+        write_evidence(res.evidence, into)
+        res.details["files"] = [str(p) for p in paths]
+        out.append(res)
+    return out
