@@ -1,0 +1,1 @@
+"""Attribution and fusion: from IPs, meters and money to ranked suspect premises."""
