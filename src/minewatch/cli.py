@@ -166,5 +166,41 @@ def _collect(
     err_console.print(f"collector stopped: {json.dumps(counters)}")
 
 
+@lab_app.command("pool")
+def _lab_pool(
+    port: int = typer.Option(3333, "--port", help="TCP port on the bind address (0: any free)."),
+    difficulty: float = typer.Option(10000, "--difficulty", help="Fixed share difficulty."),
+    job_interval: float = typer.Option(30.0, "--job-interval", help="Seconds between jobs."),
+    tls: bool = typer.Option(False, "--tls", help="TLS with a self-signed certificate."),
+    dialect: str = typer.Option("cryptonote", "--dialect", help="cryptonote or stratum1."),
+    nicehash: bool = typer.Option(False, "--nicehash", help="Fixed nonce byte per connection."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Loopback address to bind."),
+) -> None:
+    """Run the loopback test mining pool until Ctrl-C; logs to stderr."""
+    import logging
+
+    from minewatch.lab.pool import PoolConfig, run_pool
+
+    try:
+        config = PoolConfig(
+            host=host,
+            port=port,
+            dialect=dialect,  # type: ignore[arg-type]
+            difficulty=difficulty,
+            job_interval=job_interval,
+            tls=tls,
+            nicehash=nicehash,
+        )
+    except ValueError as exc:
+        err_console.print(str(exc))
+        raise typer.Exit(2) from exc
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        run_pool(config)
+    except OSError as exc:
+        err_console.print(f"cannot listen on {host}:{port}: {exc}")
+        raise typer.Exit(2) from exc
+
+
 def main() -> None:
     app()
