@@ -1,0 +1,325 @@
+"""The local engine: runs a pure per-account function over readings in chunks of accounts.
+
+A *per-account function* takes an Arrow table holding the readings of some whole accounts
+and returns a table (typically one row per account); its result for an account must not
+depend on which other accounts share the call. :func:`minewatch.power.features.account_features`
+is one. This engine cuts any input into chunks of whole accounts, so memory is bounded by the
+chunk size, not by the input:
+
+- a table in memory is sorted by account if it is not already;
+- a stream of record batches must keep each account's rows together, in ascending account
+  order (what the generator, a sorted Parquet file, or a database ``ORDER BY`` gives); the
+  order is checked batch by batch with vectorised comparisons;
+- a Parquet file or directory is streamed; if it turns out not to be ordered by account it is
+  re-read once and spilled into hash buckets on disk (Polars hashing, one Parquet file per
+  bucket), and each bucket is then sorted and cut into chunks.
+
+With ``workers > 1`` chunks run on a thread pool (NumPy, Polars and Arrow release the GIL in
+their kernels); results come back in input order.
+
+The Spark engine (:mod:`minewatch.engines.spark`) runs the same function per account group.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeAlias
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from minewatch.errors import InputError
+
+AccountFn: TypeAlias = Callable[[pa.Table], pa.Table]
+Source: TypeAlias = pa.Table | str | os.PathLike[str] | Iterable[pa.Table | pa.RecordBatch]
+
+KEY = "account_id"
+#: default accounts per chunk: ~20k accounts x 90 days hourly is ~43 M readings, ~2 GB peak
+DEFAULT_CHUNK = 20_000
+
+
+class UnorderedInput(InputError):
+    """A stream of readings that does not keep each account's rows together in order."""
+
+
+def _as_table(batch: pa.Table | pa.RecordBatch) -> pa.Table:
+    return batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+
+
+def iter_account_chunks(
+    batches: Iterable[pa.Table | pa.RecordBatch],
+    accounts_per_chunk: int = DEFAULT_CHUNK,
+    key: str = KEY,
+) -> Iterator[pa.Table]:
+    """Regroup a stream ordered by ``key`` into tables of ``accounts_per_chunk`` whole accounts.
+
+    An account may span several input batches; it is never split across output tables.
+    Raises :class:`UnorderedInput` when the stream is not in ascending ``key`` order.
+    """
+    if accounts_per_chunk < 1:
+        raise ValueError("accounts_per_chunk must be at least 1")
+    n = accounts_per_chunk
+    buf: list[pa.Table] = []
+    n_open = 0  # accounts begun in buf
+    last: str | None = None
+    for record, batch in enumerate(batches):
+        table = _as_table(batch)
+        if table.num_rows == 0:
+            continue
+        ids = table.column(key)
+        if ids.null_count:
+            raise InputError(
+                "readings with an empty account id",
+                record=record,
+                field=key,
+                hint="quarantine them in the source before screening",
+            )
+        ids = ids.combine_chunks()
+        starts = np.empty(0, dtype=np.int64)
+        if len(ids) > 1:
+            prev, nxt = ids.slice(0, len(ids) - 1), ids.slice(1)
+            if pc.any(pc.less(nxt, prev)).as_py():
+                raise UnorderedInput(
+                    "readings are not ordered by account",
+                    record=record,
+                    field=key,
+                    hint="sort by account_id, or give the engine a file so it can spill "
+                    "into hash buckets",
+                )
+            starts = np.flatnonzero(pc.not_equal(nxt, prev).to_numpy(zero_copy_only=False)) + 1
+        first = ids[0].as_py()
+        if last is None or first != last:
+            if last is not None and first < last:
+                raise UnorderedInput(
+                    f"account {first!r} comes after {last!r}",
+                    record=record,
+                    field=key,
+                    hint="sort by account_id, or give the engine a file so it can spill "
+                    "into hash buckets",
+                )
+            starts = np.concatenate([np.zeros(1, dtype=np.int64), starts])
+        last = ids[-1].as_py()
+        k = np.arange(len(starts))
+        number = n_open + k  # accounts already open before this start
+        cuts = starts[(number > 0) & (number % n == 0)]
+        pos = 0
+        for cut in cuts.tolist():
+            buf.append(table.slice(pos, cut - pos))
+            yield pa.concat_tables(buf)
+            buf = []
+            pos = cut
+        buf.append(table.slice(pos))
+        n_open = n_open + len(starts) - n * len(cuts)
+    if buf and sum(t.num_rows for t in buf):
+        yield pa.concat_tables(buf)
+
+
+def _sorted_table(table: pa.Table, key: str) -> pa.Table:
+    ids = table.column(key).combine_chunks()
+    if len(ids) > 1 and pc.any(pc.less(ids.slice(1), ids.slice(0, len(ids) - 1))).as_py():
+        return table.sort_by([(key, "ascending")])
+    return table
+
+
+def _scan(path: str | os.PathLike[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    dataset = ds.dataset(str(path), format="parquet")
+    yield from dataset.to_batches(batch_size=batch_rows)
+
+
+def is_ordered(path: str | os.PathLike[str], key: str = KEY) -> bool:
+    """Whether a Parquet file or directory holds its rows in ascending ``key`` order.
+
+    Reads only the ``key`` column, batch by batch.
+    """
+    dataset = ds.dataset(str(path), format="parquet")
+    last: str | None = None
+    for batch in dataset.to_batches(columns=[key], batch_size=4_000_000):
+        ids = batch.column(0)
+        if len(ids) == 0:
+            continue
+        if last is not None and ids[0].as_py() < last:
+            return False
+        if len(ids) > 1 and pc.any(pc.less(ids.slice(1), ids.slice(0, len(ids) - 1))).as_py():
+            return False
+        last = ids[-1].as_py()
+    return True
+
+
+def spill_buckets(
+    batches: Iterable[pa.Table | pa.RecordBatch],
+    directory: str | os.PathLike[str],
+    n_buckets: int,
+    key: str = KEY,
+) -> list[Path]:
+    """Partition readings by a hash of ``key`` into ``n_buckets`` Parquet files."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"bucket-{b:05d}.parquet" for b in range(n_buckets)]
+    writers: dict[int, pq.ParquetWriter] = {}
+    try:
+        for batch in batches:
+            table = _as_table(batch)
+            if table.num_rows == 0:
+                continue
+            frame = pl.from_arrow(table)
+            assert isinstance(frame, pl.DataFrame)
+            bucket = (frame.get_column(key).hash(seed=0) % n_buckets).to_numpy()
+            order = np.argsort(bucket, kind="stable")
+            sorted_bucket = bucket[order]
+            bounds = np.flatnonzero(np.diff(sorted_bucket)) + 1
+            table = table.take(pa.array(order))
+            lo = 0
+            for hi in [*bounds.tolist(), len(order)]:
+                b = int(sorted_bucket[lo])
+                if b not in writers:
+                    writers[b] = pq.ParquetWriter(paths[b], table.schema)
+                writers[b].write_table(table.slice(lo, hi - lo))
+                lo = hi
+    finally:
+        for w in writers.values():
+            w.close()
+    return [p for b, p in enumerate(paths) if b in writers]
+
+
+def iter_chunks(
+    source: Source,
+    accounts_per_chunk: int = DEFAULT_CHUNK,
+    *,
+    key: str = KEY,
+    spill_dir: str | os.PathLike[str] | None = None,
+    bucket_rows: int = 50_000_000,
+    batch_rows: int = 1_000_000,
+) -> Iterator[pa.Table]:
+    """Cut ``source`` into tables of whole accounts (see the module docstring)."""
+    if isinstance(source, pa.Table):
+        yield from iter_account_chunks(
+            _sorted_table(source, key).to_batches(max_chunksize=batch_rows),
+            accounts_per_chunk,
+            key,
+        )
+        return
+    if isinstance(source, str | os.PathLike):
+        path = source
+        if is_ordered(path, key):
+            yield from iter_account_chunks(_scan(path, batch_rows), accounts_per_chunk, key)
+            return
+        rows = ds.dataset(str(path), format="parquet").count_rows()
+        n_buckets = max(1, math.ceil(rows / bucket_rows))
+        with tempfile.TemporaryDirectory(dir=spill_dir, prefix="minewatch-spill-") as tmp:
+            for bucket in spill_buckets(_scan(path, batch_rows), tmp, n_buckets, key):
+                table = ds.dataset(str(bucket), format="parquet").to_table()
+                yield from iter_account_chunks(
+                    _sorted_table(table, key).to_batches(max_chunksize=batch_rows),
+                    accounts_per_chunk,
+                    key,
+                )
+        return
+    yield from iter_account_chunks(source, accounts_per_chunk, key)
+
+
+def map_accounts(
+    fn: AccountFn,
+    source: Source,
+    *,
+    accounts_per_chunk: int = DEFAULT_CHUNK,
+    workers: int = 1,
+    key: str = KEY,
+    spill_dir: str | os.PathLike[str] | None = None,
+) -> Iterator[pa.Table]:
+    """Apply ``fn`` to each chunk of whole accounts; yield the results in input order."""
+    chunks = iter_chunks(source, accounts_per_chunk, key=key, spill_dir=spill_dir)
+    if workers <= 1:
+        for chunk in chunks:
+            yield fn(chunk)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minewatch-local") as pool:
+        pending: deque[Future[pa.Table]] = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(fn, chunk))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def run(
+    fn: AccountFn,
+    source: Source,
+    *,
+    schema: pa.Schema | None = None,
+    accounts_per_chunk: int = DEFAULT_CHUNK,
+    workers: int = 1,
+    spill_dir: str | os.PathLike[str] | None = None,
+) -> pa.Table:
+    """:func:`map_accounts` collected into one table (``schema`` for an empty input)."""
+    parts = list(
+        map_accounts(
+            fn,
+            source,
+            accounts_per_chunk=accounts_per_chunk,
+            workers=workers,
+            spill_dir=spill_dir,
+        )
+    )
+    if not parts:
+        if schema is None:
+            raise InputError("no readings to screen", hint="the input holds no rows")
+        return schema.empty_table()
+    return pa.concat_tables(parts)
+
+
+def features(
+    source: Source,
+    *,
+    tz: str = "UTC",
+    accounts_per_chunk: int = DEFAULT_CHUNK,
+    workers: int = 1,
+    spill_dir: str | os.PathLike[str] | None = None,
+) -> pa.Table:
+    """Per-account screening features of ``source`` (``minewatch.power.features``)."""
+    from minewatch.power import features as feat
+
+    def fn(chunk: pa.Table) -> pa.Table:
+        return feat.account_features(chunk, tz=tz)
+
+    return run(
+        fn,
+        source,
+        schema=feat.FEATURES,
+        accounts_per_chunk=accounts_per_chunk,
+        workers=workers,
+        spill_dir=spill_dir,
+    )
+
+
+def screen(
+    source: Source,
+    accounts: pa.Table | None = None,
+    *,
+    tz: str = "UTC",
+    accounts_per_chunk: int = DEFAULT_CHUNK,
+    workers: int = 1,
+    spill_dir: str | os.PathLike[str] | None = None,
+) -> pa.Table:
+    """Features per chunk of accounts, then one scoring pass over all accounts' features."""
+    from minewatch.power import detect
+
+    table = features(
+        source,
+        tz=tz,
+        accounts_per_chunk=accounts_per_chunk,
+        workers=workers,
+        spill_dir=spill_dir,
+    )
+    return detect.score(table, accounts)
