@@ -18,6 +18,7 @@ module and writes the store.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import re
 import uuid
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -65,6 +67,125 @@ class IngestResult:
             "dns": self.dns.num_rows,
             "evidence": self.evidence.num_rows,
         }
+
+
+def finish_flows(
+    frame: pl.DataFrame, source: str, quarantine: Quarantine | None
+) -> tuple[pa.Table, int]:
+    """Validate a frame with the FLOWS columns plus ``_where`` (and optional ``_reason``).
+
+    Rows failing a check get the first reason that applies, go to the quarantine and are
+    dropped; the others are returned as a FLOWS table. Checks run column-wise; only rejected
+    rows are visited one by one, to write them to the quarantine. Returns (table, rejected).
+    """
+    if "_reason" not in frame.columns:
+        frame = frame.with_columns(_reason=pl.lit(None, dtype=pl.Utf8))
+    for name in FLOWS.names:
+        if name not in frame.columns:
+            frame = frame.with_columns(pl.lit(None).alias(name))
+    c = pl.col
+    checks = [
+        (c("ts_start").is_null(), "start time missing or unreadable"),
+        (c("src_ip").is_null() | c("dst_ip").is_null(), "source or destination address missing"),
+        (c("ts_end").is_not_null() & (c("ts_end") < c("ts_start")), "flow ends before it starts"),
+        (
+            (c("packets_up") < 0)
+            | (c("packets_down") < 0)
+            | (c("bytes_up") < 0)
+            | (c("bytes_down") < 0),
+            "negative packet or byte counter",
+        ),
+        (
+            (c("src_port") < 0)
+            | (c("src_port") > 65535)
+            | (c("dst_port") < 0)
+            | (c("dst_port") > 65535),
+            "port out of range",
+        ),
+    ]
+    reason = c("_reason")
+    for cond, text in checks:
+        reason = (
+            pl.when(reason.is_null() & cond.fill_null(False)).then(pl.lit(text)).otherwise(reason)
+        )
+    frame = frame.with_columns(_reason=reason)
+    bad = frame.filter(c("_reason").is_not_null())
+    if bad.height and quarantine is not None:
+        rows = bad.select([*FLOWS.names, "_where", "_reason"]).to_dicts()
+        for row in rows:
+            where = str(row.pop("_where"))
+            why = str(row.pop("_reason"))
+            quarantine.reject(source, where, why, row)
+    good = frame.filter(c("_reason").is_null()).with_columns(
+        ts_end=pl.coalesce(c("ts_end"), c("ts_start"))
+    )
+    table = good.select(FLOWS.names).to_arrow()
+    return conform(table, FLOWS), bad.height
+
+
+def read_json_lines(
+    path: Path, source: str, quarantine: Quarantine | None
+) -> tuple[pl.DataFrame, int, int]:
+    """A JSON Lines file as a frame (plus ``_line``); returns (frame, lines read, rejected).
+
+    The whole file is parsed at once; only when some line is not a JSON object are the lines
+    looked at one by one to find and quarantine the damaged ones.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot open: {exc.strerror}", path=path) from exc
+    lines = (
+        pl.Series("_text", raw.decode("utf-8", errors="replace").split("\n"))
+        .to_frame()
+        .with_row_index("_line", offset=1)
+        .with_columns(pl.col("_text").str.strip_chars_end("\r"))
+        .filter(pl.col("_text").str.strip_chars().str.len_bytes() > 0)
+    )
+    if lines.height == 0:
+        return pl.DataFrame(), 0, 0
+    rejected = 0
+    try:
+        frame = pl.read_ndjson(
+            io.BytesIO("\n".join(lines["_text"].to_list()).encode()), infer_schema_length=None
+        )
+        if frame.height != lines.height:
+            raise ValueError("line count changed")
+    except Exception:
+        ok: list[bool] = []
+        for text in lines["_text"].to_list():
+            try:
+                ok.append(isinstance(json.loads(text), dict))
+            except ValueError:
+                ok.append(False)
+        mask = pl.Series(ok, dtype=pl.Boolean)
+        bad = lines.filter(~mask)
+        rejected = bad.height
+        if quarantine is not None:
+            for line_no, text in bad.iter_rows():
+                quarantine.reject(
+                    source, f"{path} line {line_no}", "line is not a JSON object", text[:512]
+                )
+        lines = lines.filter(mask)
+        if lines.height == 0:
+            return pl.DataFrame(), rejected, rejected
+        frame = pl.read_ndjson(
+            io.BytesIO("\n".join(lines["_text"].to_list()).encode()), infer_schema_length=None
+        )
+    return frame.with_columns(_line=lines["_line"]), lines.height + rejected, rejected
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Cast a table to ``schema`` (string views and large types become the plain ones)."""
+    cols = []
+    for f in schema:
+        col = table[f.name]
+        if pa.types.is_string_view(col.type) or pa.types.is_large_string(col.type):
+            col = col.cast(pa.string())
+        if pa.types.is_large_list(col.type) or pa.types.is_list_view(col.type):
+            col = col.cast(pa.list_(pa.string()))
+        cols.append(col.cast(f.type))
+    return pa.Table.from_arrays(cols, schema=schema)
 
 
 def _partition_value(values: pa.ChunkedArray | pa.Array) -> pa.Array:
