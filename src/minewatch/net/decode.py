@@ -49,6 +49,7 @@ class Packets:
     wire_len: np.ndarray  # int64 IP length (header + payload) as the packet said
     flow: np.ndarray  # uint64 direction-free flow key
     dirkey: np.ndarray  # uint64 key of the flow direction (src->dst)
+    rdirkey: np.ndarray  # uint64 key of the opposite direction (dst->src)
 
 
 def _u8(buf: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -259,6 +260,7 @@ def decode(b: RawBatch) -> Packets:
         p = proto.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
         flow = _mix((a ^ c) + (a & c) * np.uint64(3) + p)  # symmetric in a and c
         dirkey = _mix(a * np.uint64(0x100000001B3) ^ c ^ p)
+        rdirkey = _mix(c * np.uint64(0x100000001B3) ^ a ^ p)
     return Packets(
         ok=tcp | udp,
         ts_us=b.ts_us,
@@ -277,6 +279,7 @@ def decode(b: RawBatch) -> Packets:
         wire_len=ip["wire"],
         flow=flow,
         dirkey=dirkey,
+        rdirkey=rdirkey,
     )
 
 

@@ -13,6 +13,13 @@ from dataclasses import dataclass
 
 from minewatch.sources.intel import IntelList, default_list
 
+# Ports pools listen on (Falco's list, REFERENCE.md), plus 80 and 443 which pools offer to
+# blend in. A hint for the reasons, never evidence on its own.
+MINER_PORTS = frozenset(
+    {25, 3333, 3334, 3335, 3336, 3357, 4444, 5555, 5556, 5588, 5730, 6099, 6666, 7777, 7778}
+    | {8000, 8001, 8008, 8080, 8118, 8333, 8888, 8899, 9332, 9999, 14433, 14444, 45560, 45700}
+)
+
 
 @dataclass(frozen=True)
 class IntelHit:

@@ -75,19 +75,17 @@ class ReadStats:
 
 def _chunks(fh: BinaryIO, live: bool) -> Iterator[bytes]:
     """Bytes from a file or a pipe. For pipes, yield whatever has arrived (low latency)."""
+    fd = None
     if live:
-        fd = fh.fileno()
-        while True:
-            data = os.read(fd, 1 << 20)
-            if not data:
-                return
-            yield data
-    else:
-        while True:
-            data = fh.read(CHUNK)
-            if not data:
-                return
-            yield data
+        try:
+            fd = fh.fileno()
+        except (OSError, AttributeError, ValueError):
+            fd = None  # an in-memory stream
+    while True:
+        data = os.read(fd, 1 << 20) if fd is not None else fh.read(CHUNK)
+        if not data:
+            return
+        yield data
 
 
 class _Walker:
