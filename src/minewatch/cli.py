@@ -6,6 +6,9 @@ or to stdout with ``--format table``.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
 from rich.console import Console
 
@@ -33,6 +36,133 @@ def _root(
     ),
 ) -> None:
     """minewatch: joins what the operator sees with what the utility sees."""
+
+
+def _render_detections(rows: list[dict[str, Any]], title: str, to_stdout: bool) -> None:
+    from rich.table import Table
+
+    from minewatch.energy import format_rate
+
+    table = Table(title=title, show_lines=False)
+    for col in ("client", "pool", "dialect", "conf", "coin/algo", "wallet", "agent"):
+        table.add_column(col)
+    table.add_column("shares", justify="right")
+    table.add_column("hash rate", justify="right")
+    table.add_column("power W", justify="right")
+    for r in rows:
+        sh = r.get("shares") or {}
+        pw = r.get("power_w_range")
+        table.add_row(
+            f"{r['src_ip']}:{r['src_port']}",
+            f"{r['pool_host']}:{r['dst_port']}",
+            str(r.get("dialect") or r["detector"]),
+            f"{r['confidence']:.2f}",
+            "/".join(x for x in (r.get("coin"), r.get("algo")) if x) or "-",
+            str(r.get("wallet") or "-")[:24],
+            str(r.get("agent") or "-")[:20],
+            f"{sh.get('accepted', 0)}/{sh.get('submitted', 0)}",
+            format_rate(r["hashrate_hs"], r.get("algo")) if r.get("hashrate_hs") else "-",
+            f"{pw[0]:.0f}-{pw[1]:.0f}" if pw else "-",
+        )
+    Console(stderr=not to_stdout).print(table)
+
+
+@app.command("scan")
+def _scan(
+    inputs: list[str] = typer.Argument(..., help="pcap/pcapng files, or - for a pcap stream."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl (default) or table."),
+    intel: list[Path] = typer.Option(
+        [], "--intel", help="Pool list (domains, hosts, adblock or IPs); repeatable."
+    ),
+    no_default_intel: bool = typer.Option(
+        False, "--no-default-intel", help="Do not use the curated pool list shipped with minewatch."
+    ),
+    min_confidence: float = typer.Option(
+        None, "--min-confidence", help="Report sessions at or above this confidence (0-1)."
+    ),
+    idle: float = typer.Option(None, "--idle", help="Seconds before an idle session is closed."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary on stderr."),
+) -> None:
+    """Find mining sessions in packet captures; one JSON line per session on stdout."""
+    import json
+    import sys
+
+    from minewatch.config import load_settings
+    from minewatch.errors import InputError, Quarantine
+    from minewatch.net.intel import PoolIntel
+    from minewatch.net.scan import scan_sources
+    from minewatch.sources.intel import load_list
+
+    if fmt not in ("jsonl", "table"):
+        err_console.print("--format must be jsonl or table")
+        raise typer.Exit(2)
+    settings = load_settings()
+    q = Quarantine()
+    try:
+        lists = [load_list(p, q) for p in intel]
+    except InputError as exc:
+        err_console.print(f"unusable pool list: {exc}")
+        raise typer.Exit(2) from exc
+    for lst in lists:
+        if lst.rejected and not quiet:
+            err_console.print(
+                f"{lst.sources[0]}: {lst.accepted} entries read, {lst.rejected} lines "
+                "not understood (skipped)"
+            )
+    pool_intel = PoolIntel(lists, with_default=not no_default_intel)
+    rows: list[dict[str, Any]] = []
+
+    def emit(rec: dict[str, Any]) -> None:
+        if fmt == "jsonl":
+            sys.stdout.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+        else:
+            rows.append(rec)
+
+    reports = scan_sources(
+        inputs,
+        intel=pool_intel,
+        min_confidence=settings.min_confidence if min_confidence is None else min_confidence,
+        idle_s=settings.session_idle_s if idle is None else idle,
+        on_detection=emit,
+    )
+    if fmt == "table":
+        _render_detections(rows, "mining sessions", to_stdout=True)
+    failed = False
+    for rep in reports:
+        if rep.error:
+            failed = True
+            err_console.print(f"[red]unusable input[/red]: {rep.error}", highlight=False)
+            continue
+        if quiet:
+            continue
+        c, rd = rep.counters, rep.read
+        line = (
+            f"{rep.path}: {rd.format}, {c.packets} packets, {c.sessions_examined} sessions "
+            f"examined, {c.detections} mining session(s)"
+        )
+        damage = []
+        if rd.corrupt_records:
+            damage.append(
+                f"{rd.corrupt_records} corrupt record(s), {rd.skipped_bytes} bytes skipped"
+            )
+        if rd.truncated:
+            damage.append("file cut short")
+        if c.bad_json:
+            damage.append(f"{c.bad_json} invalid JSON message(s) skipped")
+        if c.gaps:
+            damage.append(f"{c.gaps} gap(s) in TCP streams")
+        if c.oversized:
+            damage.append(f"{c.oversized} oversized line(s) dropped")
+        if c.bad_dns:
+            damage.append(f"{c.bad_dns} malformed DNS packet(s)")
+        err_console.print(
+            line + ("; damaged: " + "; ".join(damage) if damage else ""), highlight=False
+        )
+        for note in rd.notes[:5]:
+            err_console.print(f"  {note}", highlight=False)
+    if failed:
+        raise typer.Exit(2)
 
 
 lab_app = typer.Typer(help="Simulators and rigs: benchmark data, test pools.", no_args_is_help=True)
