@@ -1,8 +1,10 @@
 """Capture loopback traffic with ``tcpdump`` around a run.
 
-``Capture`` starts ``tcpdump -i lo -U -w FILE <filter>``, waits until tcpdump says it is
-listening (so no packet of the run is missed), and on exit stops it with SIGINT so that it
-flushes and closes the file; the packet counts tcpdump prints at exit are kept.
+``Capture`` starts ``tcpdump -i lo -U --immediate-mode -w FILE <filter>``, waits until
+tcpdump says it is listening (so no packet of the run is missed), and on exit stops it with
+SIGINT so that it flushes and closes the file; the packet counts tcpdump prints at exit are
+kept. Immediate mode matters: without it the kernel hands packets over in blocks, and the
+packets of the last block before SIGINT never reach the file.
 
     with Capture(Path("run.pcap"), port=3333) as cap:
         ...  # traffic on tcp port 3333
@@ -84,6 +86,7 @@ class Capture:
             "-i",
             self.interface,
             "-U",
+            "--immediate-mode",
             "-n",
             "-s",
             "0",
