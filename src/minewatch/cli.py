@@ -20,7 +20,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-err_console = Console(stderr=True)
+# Messages are never wrapped, so a path or a reason stays on one line for grep and logs.
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -64,7 +65,10 @@ def _render_detections(rows: list[dict[str, Any]], title: str, to_stdout: bool) 
             format_rate(r["hashrate_hs"], r.get("algo")) if r.get("hashrate_hs") else "-",
             f"{pw[0]:.0f}-{pw[1]:.0f}" if pw else "-",
         )
-    Console(stderr=not to_stdout).print(table)
+    console = Console(stderr=not to_stdout)
+    if not console.is_terminal:
+        console = Console(stderr=not to_stdout, width=200)
+    console.print(table)
 
 
 @app.command("scan")

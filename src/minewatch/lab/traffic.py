@@ -130,8 +130,8 @@ def _segments(
         msgs = merged
     for t, up, data in msgs:
         if d.split > 0:
-            for k in range(0, len(data), d.split):
-                segs.append((t + k * 1e-5, up, A | P, data[k : k + d.split]))
+            for n, k in enumerate(range(0, len(data), d.split)):
+                segs.append((t + n * 1e-6, up, A | P, data[k : k + d.split]))
         else:
             segs.append((t, up, A | P, data))
     if c.close:
