@@ -571,10 +571,11 @@ class Scanner:
         self.dead.add(key)
 
     def _announce(self, s: Session) -> None:
+        """Live mode: report a session once both sides have shown mining (login and work)."""
         if not self.live or s.announced:
             return
         rec = self._record(s, final=False)
-        if rec is not None:
+        if rec is not None and (rec["confidence"] >= 0.95 or s.mode == "sv2"):
             s.announced = True
             self._emit(rec)
 
