@@ -27,7 +27,9 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +142,7 @@ class _Metrics(Collector):
             prefix + "dropped", "Data lost before decoding, by reason", labels=["reason"]
         )
         dropped.add_metric(["kernel_buffer"], o.kernel_drops())
+        dropped.add_metric(["backlog_full"], o.backlog_dropped)
         dropped.add_metric(["template_never_arrived"], s.sets_expired)
         dropped.add_metric(["rejected_datagram"], s.datagrams_rejected)
         dropped.add_metric(["rejected_flow"], s.flows_rejected)
@@ -164,6 +167,9 @@ class _Metrics(Collector):
         yield GaugeMetricFamily(
             prefix + "held_sets", "Data sets waiting for their template", value=o.decoder.held_sets
         )
+        yield GaugeMetricFamily(
+            prefix + "backlog", "Datagrams received and not yet decoded", value=len(o._backlog)
+        )
 
 
 class FlowCollector:
@@ -186,6 +192,7 @@ class FlowCollector:
         roll_s: float = 60.0,
         roll_rows: int = 500_000,
         rcvbuf: int = 32 * 1024 * 1024,
+        max_backlog: int = 1_000_000,
     ) -> None:
         self.host, self.port = host, port
         self.quarantine = quarantine if quarantine is not None else Quarantine()
@@ -202,6 +209,10 @@ class FlowCollector:
         self.registry = CollectorRegistry()
         self.registry.register(_Metrics(self))
         self.sock: socket.socket | None = None
+        self.max_backlog = max_backlog
+        self.backlog_dropped = 0
+        self._backlog: deque[tuple[bytes, str]] = deque()
+        self._stopping = threading.Event()
         self._last_flush = time.monotonic()
 
     # ----------------------------------------------------------------- socket
@@ -218,7 +229,7 @@ class FlowCollector:
             except OSError:
                 continue
         sock.bind((self.host, self.port))
-        sock.setblocking(False)
+        sock.settimeout(0.2)
         self.sock = sock
         addr = sock.getsockname()
         self.port = int(addr[1])
@@ -233,31 +244,51 @@ class FlowCollector:
         return int(server.server_address[1])
 
     # ----------------------------------------------------------------- receive path
-    def _drain(self, limit: int = 4096) -> None:
-        """Read every datagram waiting on the socket (up to ``limit``) and feed the decoder."""
+    def _receive(self) -> None:
+        """Receiver thread: move datagrams from the socket to the backlog, nothing else.
+
+        Kept apart from decoding so that a slow batch (decoding, writing Parquet, a detector)
+        never leaves datagrams to overflow the kernel's socket buffer; blocking in ``recv``
+        releases the GIL, so it costs the decoder nothing while idle.
+        """
         sock = self.sock
         if sock is None:
             return
-        feed = self.decoder.feed
-        for _ in range(limit):
+        backlog = self._backlog
+        while not self._stopping.is_set():
             try:
                 data, addr = sock.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                break
+            except TimeoutError:
+                continue
             except OSError:
+                if self._stopping.is_set():
+                    break
                 self.errors += 1
-                break
+                continue
+            if len(backlog) >= self.max_backlog:
+                self.backlog_dropped += 1
+                continue
+            backlog.append((data, addr[0]))
+
+    def pump(self) -> int:
+        """Decode-side step: feed every datagram in the backlog; flush when due."""
+        backlog = self._backlog
+        feed = self.decoder.feed
+        n = len(backlog)
+        for _ in range(n):
+            data, exporter = backlog.popleft()
             self.received += 1
             self.received_bytes += len(data)
             try:
-                feed(data, addr[0])
+                feed(data, exporter)
             except Exception as exc:  # keep serving whatever a datagram does to the decoder
                 self.errors += 1
                 self.quarantine.reject(
-                    "collector", f"{addr[0]}", f"decoder error {type(exc).__name__}: {exc}", data
+                    "collector", exporter, f"decoder error {type(exc).__name__}: {exc}", data
                 )
         if self.decoder.ready_sets >= 512 or time.monotonic() - self._last_flush >= self.flush_s:
             self.flush()
+        return n
 
     def flush(self) -> int:
         """Decode what is ready, write it, run the detector hook. Returns rows decoded."""
@@ -296,18 +327,20 @@ class FlowCollector:
         """Serve until ``stop`` is set; then decode, write and report what is left."""
         if self.sock is None:
             self.bind()
-        assert self.sock is not None
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self.sock.fileno(), self._drain)
+        self._stopping.clear()
+        receiver = threading.Thread(target=self._receive, name="collector-recv", daemon=True)
+        receiver.start()
         try:
             while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.flush_s)
-                self._drain()
-                self.flush()
+                if not self.pump():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=0.005)
+                else:
+                    await asyncio.sleep(0)
         finally:
-            loop.remove_reader(self.sock.fileno())
-            self._drain()
+            self._stopping.set()
+            receiver.join(timeout=2)
+            self.pump()
             self.close()
 
     def close(self) -> None:
@@ -326,7 +359,7 @@ class FlowCollector:
         return {
             "received": self.received,
             "decoded": s.flows_accepted,
-            "dropped": self.kernel_drops() + s.sets_expired,
+            "dropped": self.kernel_drops() + self.backlog_dropped + s.sets_expired,
             "quarantined": self.quarantine.total,
             "templates": self.decoder.template_count,
             "errors": self.errors,

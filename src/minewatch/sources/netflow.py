@@ -30,6 +30,7 @@ import struct
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -129,15 +130,15 @@ class Template:
     scope_count: int = 0  # options templates: how many leading fields are scope fields
     is_options: bool = False
 
-    @property
+    @cached_property
     def variable(self) -> bool:
         return any(length == VARLEN for _, length, _ in self.fields)
 
-    @property
+    @cached_property
     def fixed_fields(self) -> tuple[tuple[int, int, int], ...]:
         return tuple(f for f in self.fields if f[1] not in (0, VARLEN))
 
-    @property
+    @cached_property
     def record_length(self) -> int:
         """Length of a record in bytes; for variable-length templates, the minimum."""
         return sum(1 if length == VARLEN else length for _, length, _ in self.fields)
@@ -151,6 +152,7 @@ class DecoderStats:
     datagrams_decoded: int = 0
     datagrams_rejected: int = 0
     templates_received: int = 0
+    template_refreshes: int = 0
     template_redefinitions: int = 0
     template_withdrawals: int = 0
     templates_rejected: int = 0
@@ -179,6 +181,7 @@ class _Domain:
     sampler_rates: dict[int, int] = field(default_factory=dict)
     last_sequence: int | None = None
     last_advance: int = 0
+    template_sets: dict[bytes, list[Template]] = field(default_factory=dict)
 
 
 @dataclass
@@ -229,6 +232,8 @@ def _ip6_strings(raw: np.ndarray) -> list[str | None]:
 def _uint(raw: np.ndarray) -> np.ndarray:
     """Big-endian unsigned integers of any width 1..8 (an (N, width) uint8 array)."""
     width = raw.shape[1]
+    if width in (1, 2, 4, 8):
+        return np.ascontiguousarray(raw).view(f">u{width}").ravel().astype(np.uint64)
     out = np.zeros(raw.shape[0], dtype=np.uint64)
     for i in range(width):
         out = (out << np.uint64(8)) | raw[:, i].astype(np.uint64)
@@ -428,10 +433,24 @@ class NetflowDecoder:
                     f" ({set_len} bytes announced, {end - offset} left)"
                 )
             body = data[offset + 4 : offset + set_len]
-            if set_id == template_set:
-                self._parse_templates(body, key, dom, version, options=False, where=where)
-            elif set_id == options_set:
-                self._parse_templates(body, key, dom, version, options=True, where=where)
+            if set_id in (template_set, options_set):
+                cached = dom.template_sets.get(body)
+                if cached is not None:
+                    # The same template set again (a periodic refresh): no need to parse it.
+                    self.stats.template_refreshes += 1
+                    for t in cached:
+                        if dom.templates.get(t.template_id) is not t:
+                            self._install(key, dom, t, where)
+                else:
+                    before = dict(dom.templates)
+                    self._parse_templates(
+                        body, key, dom, version, options=set_id == options_set, where=where
+                    )
+                    if len(dom.template_sets) >= 64:
+                        dom.template_sets.clear()
+                    dom.template_sets[body] = [
+                        t for tid, t in dom.templates.items() if before.get(tid) is not t
+                    ]
             elif set_id >= 256:
                 self._data_set(set_id, body, key, dom, export_ms, base_ms, where)
             else:
@@ -637,9 +656,9 @@ class NetflowDecoder:
         ready, self._ready = self._ready, []
         if not ready:
             return _empty_batch()
-        groups: dict[int, list[_Stashed]] = {}
+        groups: dict[object, list[_Stashed]] = {}
         for s in ready:
-            groups.setdefault(id(s.template), []).append(s)
+            groups.setdefault(s.template if s.template is not None else s.template_id, []).append(s)
         parts = [self._decode_group(g) for g in groups.values()]
         parts = [p for p in parts if p.num_rows]
         if not parts:
