@@ -10,9 +10,10 @@ Each is session-scoped and runs once per test session. The XMRig fixtures take a
 ``XMRIG_SECONDS`` each; tests that use them are marked ``@pytest.mark.miner``.
 
 XMRig runs with ``--threads=1 --randomx-mode=light``; on the 2-core development machine it
-reports about 25-30 H/s that way. ``XMRIG_DIFFICULTY`` is chosen so that it finds a share
-about every half second (100+ shares a minute): with that many shares the pool-side estimate
-(sum of difficulty / time) lands well within +-30% of XMRig's own 60 s figure.
+reports about 25-30 H/s that way when the machine is otherwise idle, and as little as 7 H/s
+when other work competes for both cores. ``XMRIG_DIFFICULTY`` is chosen so that even then it
+finds about a share a second (and three a second when idle): with 60+ shares a minute the
+pool-side estimate (sum of difficulty / time) lands within +-30% of XMRig's own 60 s figure.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from minewatch.lab.xmrig import XmrigSession, capture_xmrig_session, fake_monero
 #: Seconds of mining per XMRig fixture: long enough for XMRig to log a 60 s hash rate.
 XMRIG_SECONDS = 75.0
 #: Fixed CryptoNote difficulty for the XMRig fixtures (see the module doc).
-XMRIG_DIFFICULTY = 12
+XMRIG_DIFFICULTY = 8
 #: Seconds between jobs pushed by the pool in the XMRig fixtures.
 XMRIG_JOB_INTERVAL = 20.0
 

@@ -475,7 +475,8 @@ class _Session(ABC):
             try:
                 chunk = await self.reader.read(65536)
             except (ConnectionError, OSError, ssl.SSLError):
-                return
+                # A reset, or a TLS peer gone without close_notify: same as end of stream.
+                chunk = b""
             if not chunk:
                 if buffer and not discarding:
                     self.bad("truncated", bytes(buffer))

@@ -88,7 +88,13 @@ class _Client:
                     if not future.done():
                         future.set_exception(ConnectionError("pool closed the connection"))
                 return
-            message = json.loads(raw)
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                self.notes.append(("<not json>", raw[:80].decode(errors="replace")))
+                continue
+            if not isinstance(message, dict):
+                continue
             msg_id = message.get("id")
             method = message.get("method")
             if method is not None:
