@@ -957,11 +957,59 @@ def read_accounts(path: str | Path, *, quarantine: Quarantine | None = None) -> 
     return out.to_arrow().cast(ACCOUNTS)
 
 
+def read_labels(path: str | Path, *, quarantine: Quarantine | None = None) -> pa.Table:
+    """Verified outcomes (CSV or Parquet): account id and label (1 = mining/theft found, 0 = not).
+
+    Accepts ``label``, ``flag``, ``outcome`` or ``mining`` for the label column (``true``/
+    ``false`` and ``yes``/``no`` too). Unreadable labels are quarantined.
+    """
+    path = Path(path)
+    frame, is_csv = _load_frame(path)
+    acct = _pick(frame.columns, (*_ACCOUNT_COLS, *_METER_COLS))
+    label = _pick(frame.columns, ("label", "flag", "outcome", "mining", "verified"))
+    for needed, col, names in (
+        ("account id", acct, _ACCOUNT_COLS),
+        ("label", label, ("label", "flag", "outcome", "mining")),
+    ):
+        if col is None:
+            raise InputError(
+                f"no {needed} column (found {', '.join(repr(c) for c in frame.columns[:12])})",
+                path=path,
+                line=1 if is_csv else None,
+                field=names[0],
+                hint=f"name the column one of: {', '.join(names)}",
+            )
+    assert acct is not None and label is not None
+    text = pl.col(label).cast(pl.String).str.strip_chars().str.to_lowercase()
+    frame = frame.with_row_index("_row").with_columns(
+        account_id=pl.col(acct).cast(pl.String).str.strip_chars(),
+        label=pl.when(text.is_in(["1", "true", "yes", "y", "1.0"]))
+        .then(pl.lit(1, dtype=pl.Int8))
+        .when(text.is_in(["0", "false", "no", "n", "0.0"]))
+        .then(pl.lit(0, dtype=pl.Int8)),
+        _where=_where(path, is_csv),
+    )
+    frame = frame.with_columns(
+        _reason=pl.when(pl.col("account_id").is_null() | (pl.col("account_id") == ""))
+        .then(pl.lit("missing account id"))
+        .when(pl.col("label").is_null())
+        .then(pl.lit("label is not 0/1"))
+    )
+    _send_to_quarantine(frame.filter(pl.col("_reason").is_not_null()), quarantine, [acct, label])
+    out = frame.filter(pl.col("_reason").is_null()).unique("account_id", keep="first")
+    return (
+        out.select("account_id", "label")
+        .to_arrow()
+        .cast(pa.schema([("account_id", pa.string()), ("label", pa.int8())]))
+    )
+
+
 __all__ = [
     "INTERVALS",
     "TARIFF_CLASSES",
     "LoadReport",
     "MeterData",
     "read_accounts",
+    "read_labels",
     "read_readings",
 ]
