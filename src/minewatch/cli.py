@@ -336,5 +336,136 @@ def _lab_pool(
         raise typer.Exit(2) from exc
 
 
+meters_app = typer.Typer(help="Screen meter data for mining load.", no_args_is_help=True)
+app.add_typer(meters_app, name="meters")
+
+
+def _meter_row(row: dict[str, Any]) -> dict[str, Any]:
+    """One JSON Lines object: the contract fields first, then the implied hash rates."""
+    since = row.get("since")
+    return {
+        "account_id": row["account_id"],
+        "score": round(float(row["score"]), 4),
+        "flagged": bool(row["flagged"]),
+        "added_load_kw": row["added_load_kw"],
+        "since": since.date().isoformat() if since is not None else None,
+        "reasons": list(row["reasons"] or []),
+        "evidence": row["evidence"],
+        "hashrate_hs": {h["algo"]: [h["low_hs"], h["high_hs"]] for h in row["hashrate"] or []},
+    }
+
+
+@meters_app.command("screen")
+def _meters_screen(
+    readings: Path = typer.Argument(..., help="Meter data: long CSV/Parquet or SGCC wide CSV."),
+    accounts: Path | None = typer.Option(None, "--accounts", help="Accounts table (CSV/Parquet)."),
+    all_accounts: bool = typer.Option(
+        False, "--all", help="Print every account, not only flagged."
+    ),
+    engine: str = typer.Option("local", "--engine", help="local or spark (PySpark)."),
+    quarantine: Path | None = typer.Option(
+        None, "--quarantine", help="Write rejected records here (JSON Lines)."
+    ),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl (stdout) or table."),
+    tz: str = typer.Option("UTC", "--tz", help="Zone of timestamps without an offset."),
+    kind: str = typer.Option("auto", "--kind", help="auto, interval or register."),
+    labels: Path | None = typer.Option(
+        None, "--labels", help="Verified outcomes (account_id,label) for the supervised model."
+    ),
+    threshold: float = typer.Option(0.5, "--threshold", help="Probability to flag from."),
+) -> None:
+    """Score every account; one JSON line per flagged account (every account with --all)."""
+    import json
+
+    from minewatch.errors import InputError, Quarantine
+    from minewatch.sources.meters import read_accounts, read_labels, read_readings
+
+    if fmt not in ("jsonl", "table") or engine not in ("local", "spark"):
+        err_console.print("--format must be jsonl or table; --engine must be local or spark")
+        raise typer.Exit(2)
+    if kind not in ("auto", "interval", "register"):
+        err_console.print("--kind must be auto, interval or register")
+        raise typer.Exit(2)
+    q = Quarantine(path=quarantine)
+    try:
+        data = read_readings(readings, kind=kind, tz=tz, quarantine=q)  # type: ignore[arg-type]
+        acc = read_accounts(accounts, quarantine=q) if accounts else None
+        lab = read_labels(labels, quarantine=q) if labels else None
+    except InputError as exc:
+        err_console.print(f"unusable input: {exc}")
+        raise typer.Exit(2) from exc
+    finally:
+        q.close()
+    rep = data.report
+    if data.readings.num_rows == 0:
+        err_console.print(
+            f"unusable input: {readings}: no valid readings ({rep.rejected} of {rep.read} "
+            f"rejected: {rep.rejected_by_reason}) (see --quarantine for the records)"
+        )
+        raise typer.Exit(2)
+    if engine == "spark":
+        from minewatch.engines import spark as spark_engine
+        from minewatch.power.detect import score
+
+        session = spark_engine.session()
+        try:
+            feats = spark_engine.features(data.readings, spark=session, tz=tz)
+        finally:
+            session.stop()
+        scores = score(feats, acc, labels=lab, threshold=threshold)
+    else:
+        from minewatch.power.detect import screen
+
+        scores = screen(data.readings, acc, tz=tz, labels=lab, threshold=threshold)
+    rows = [_meter_row(r) for r in scores.to_pylist() if all_accounts or r["flagged"]]
+    if fmt == "table":
+        from rich.table import Table
+
+        table = Table(title=f"meter screen: {readings}")
+        for col in ("account", "score", "added kW", "since", "reasons"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(
+                r["account_id"],
+                f"{r['score']:.3f}",
+                f"{r['added_load_kw']:.2f}",
+                r["since"] or "",
+                "; ".join(r["reasons"]),
+            )
+        Console().print(table)
+    else:
+        for r in rows:
+            typer.echo(json.dumps(r, ensure_ascii=False))
+    n_flagged = sum(1 for r in scores.to_pylist() if r["flagged"])
+    err_console.print(
+        f"{readings}: {rep.read} records read = {rep.accepted} accepted + {rep.rejected} "
+        f"rejected {rep.rejected_by_reason or ''}; {rep.accounts} accounts "
+        f"(intervals {rep.accounts_by_interval_s}), {rep.gaps} missing intervals; "
+        f"{n_flagged} flagged"
+    )
+
+
+@meters_app.command("plot")
+def _meters_plot(
+    account: str = typer.Argument(..., help="Account id to draw."),
+    readings: Path = typer.Option(..., "--readings", help="Meter data file."),
+    out: Path = typer.Option(..., "-o", "--out", help="PNG file to write."),
+    tz: str = typer.Option("UTC", "--tz", help="Zone of timestamps without an offset."),
+    kind: str = typer.Option("auto", "--kind", help="auto, interval or register."),
+) -> None:
+    """Draw one account's load with the detected change marked (PNG)."""
+    from minewatch.errors import InputError
+    from minewatch.power.plot import plot_account
+    from minewatch.sources.meters import read_readings
+
+    try:
+        data = read_readings(readings, kind=kind, tz=tz)  # type: ignore[arg-type]
+        plot_account(data.readings, account, out, tz=tz)
+    except InputError as exc:
+        err_console.print(f"unusable input: {exc}")
+        raise typer.Exit(2) from exc
+    err_console.print(f"wrote {out}")
+
+
 def main() -> None:
     app()
