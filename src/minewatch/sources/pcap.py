@@ -89,7 +89,12 @@ def _chunks(fh: BinaryIO, live: bool) -> Iterator[bytes]:
 
 
 class _Walker:
-    """Shared state of the two walkers: the batch being built and the statistics."""
+    """Shared state of the two walkers: the batch being built and the statistics.
+
+    The pcap walker records only record offsets; timestamps and lengths are then gathered
+    from the buffer for the whole batch at once (``pcap_header``). The pcapng walker, whose
+    blocks vary, fills the per-packet lists itself.
+    """
 
     def __init__(self, stats: ReadStats) -> None:
         self.stats = stats
@@ -97,15 +102,34 @@ class _Walker:
         self.caps: list[int] = []
         self.tss: list[int] = []
         self.links: list[int] = []
+        # For pcap: (byte order, fraction units per second, link type).
+        self.pcap_header: tuple[str, int, int] | None = None
 
     def take(self, buf: bytes) -> RawBatch:
-        batch = RawBatch(
-            buf=buf,
-            offset=np.asarray(self.offs, dtype=np.int64),
-            caplen=np.asarray(self.caps, dtype=np.int32),
-            ts_us=np.asarray(self.tss, dtype=np.int64),
-            linktype=np.asarray(self.links, dtype=np.int32),
-        )
+        offset = np.asarray(self.offs, dtype=np.int64)
+        if self.pcap_header is not None:
+            endian, per_sec, link = self.pcap_header
+            u8 = np.frombuffer(buf, dtype=np.uint8)
+            head = u8[(offset - 16)[:, None] + np.arange(12)]
+            words = np.ascontiguousarray(head).view(endian + "u4").reshape(-1, 3)
+            sec = words[:, 0].astype(np.int64)
+            frac = np.minimum(words[:, 1].astype(np.int64), per_sec - 1)
+            ts_us = sec * 1_000_000 + (frac * 1_000_000) // per_sec
+            batch = RawBatch(
+                buf=buf,
+                offset=offset,
+                caplen=words[:, 2].astype(np.int32),
+                ts_us=ts_us,
+                linktype=np.full(len(offset), link, dtype=np.int32),
+            )
+        else:
+            batch = RawBatch(
+                buf=buf,
+                offset=offset,
+                caplen=np.asarray(self.caps, dtype=np.int32),
+                ts_us=np.asarray(self.tss, dtype=np.int64),
+                linktype=np.asarray(self.links, dtype=np.int32),
+            )
         self.stats.packets += len(self.offs)
         self.offs, self.caps, self.tss, self.links = [], [], [], []
         return batch
@@ -160,12 +184,12 @@ def _pcap_batches(chunks: Iterator[bytes], head: bytes, stats: ReadStats) -> Ite
     limit = max(snaplen, 65_535) if snaplen <= MAX_SNAPLEN else MAX_SNAPLEN
     stats.format = "pcap"
     rec = struct.Struct(endian + "IIII")
+    caplen_at = struct.Struct(endian + "I").unpack_from
     w = _Walker(stats)
+    w.pcap_header = (endian, per_sec, linktype)
     buf = head[24:]
-    last_sec = -1
-    scale = 1_000_000 / per_sec
 
-    def plausible(b: bytes, o: int) -> bool:
+    def plausible(b: bytes, o: int, last_sec: int) -> bool:
         if o + 16 > len(b):
             return True
         sec, frac, incl, orig = rec.unpack_from(b, o)
@@ -174,20 +198,21 @@ def _pcap_batches(chunks: Iterator[bytes], head: bytes, stats: ReadStats) -> Ite
         return not (last_sec >= 0 and abs(sec - last_sec) > 86_400 * 30)
 
     def walk(b: bytes, final: bool) -> tuple[int, bool]:
-        nonlocal last_sec
         o = 0
         n = len(b)
-        unpack = rec.unpack_from
-        offs, caps, tss, links = w.offs, w.caps, w.tss, w.links
+        offs = w.offs
+        append = offs.append
         while o + 16 <= n:
-            sec, frac, incl, orig = unpack(b, o)
-            if incl > limit or (incl > orig > 0):
+            incl = caplen_at(b, o + 8)[0]
+            if incl > limit:
                 # A header that cannot be right: search for the next plausible record.
                 stats.corrupt_records += 1
                 stats.note(f"corrupt record header at byte {stats.bytes + o}; resynchronising")
+                last_sec = rec.unpack_from(b, offs[-1] - 16)[0] if offs else -1
                 p = o + 1
                 while p + 16 <= n:
-                    if plausible(b, p) and plausible(b, p + 16 + unpack(b, p)[2]):
+                    nxt = p + 16 + caplen_at(b, p + 8)[0]
+                    if plausible(b, p, last_sec) and plausible(b, nxt, last_sec):
                         break
                     p += 1
                 if p + 16 > n and not final:
@@ -197,11 +222,7 @@ def _pcap_batches(chunks: Iterator[bytes], head: bytes, stats: ReadStats) -> Ite
                 continue
             if o + 16 + incl > n:
                 break
-            last_sec = sec
-            offs.append(o + 16)
-            caps.append(incl)
-            tss.append(int(sec * 1_000_000 + min(frac, per_sec - 1) * scale))
-            links.append(linktype)
+            append(o + 16)
             o += 16 + incl
             if len(offs) >= BATCH_PACKETS:
                 return o, True
