@@ -224,6 +224,7 @@ def read_radius_detail(
     tz: str = "UTC",
     max_skew_s: float = 120.0,
     default_interim_s: float = 3600.0,
+    max_session_s: float = 48 * 3600.0,
 ) -> LeaseLoad:
     """Assemble RADIUS accounting sessions into leases.
 
@@ -234,8 +235,9 @@ def read_radius_detail(
     Duplicates (retransmissions: same session, status, time, IP, user) are rejected.
     Stop without Start: start = stop - Acct-Session-Time (note), rejected without it.
     Start without Stop: end = last Interim-Update + Acct-Interim-Interval (or
-    ``default_interim_s``), cut at the next session on the same IP, else at the end of the
-    log (note ``start without stop``).
+    ``default_interim_s``) when there was an Interim-Update, cut at the next session on the
+    same IP and at ``max_session_s`` after the start (PPPoE sessions are re-dialled daily or
+    every two days); note ``start without stop``.
     """
     p = Path(path)
     text = _read_text(p)
@@ -397,13 +399,13 @@ def read_radius_detail(
         derived=derived_start.filter(pl.col("session_time").is_not_null()).min(),
         last_seen=pl.col("t").max(),
         interim=pl.col("interim_s").drop_nulls().first(),
+        had_interim=(pl.col("status") == "interim").any(),
         skew=pl.col("skew_note").drop_nulls().first(),
         n=pl.len(),
         where=pl.col("where").first(),
         record=pl.col("record").first(),
         rows=pl.col("_i"),
     )
-    log_end = good.select(pl.col("t").max()).item()
     sess = sess.with_columns(
         start=pl.coalesce(pl.col("start_rec"), pl.col("derived")),
         no_start=pl.col("start_rec").is_null(),
@@ -411,15 +413,19 @@ def read_radius_detail(
     )
     unusable = sess.filter(pl.col("start").is_null())
     sess = sess.filter(pl.col("start").is_not_null()).sort("ip", "start")
-    # Open sessions end at the next session on the same IP, or the end of the log.
+    # Open sessions end after their last Interim-Update (when they had one), at the next
+    # session on the same IP, and at the latest ``max_session_s`` after they began.
     sess = sess.with_columns(next_start=pl.col("start").shift(-1).over("ip"))
-    open_end = pl.min_horizontal(
+    after_interim = pl.when(pl.col("had_interim")).then(
         pl.col("last_seen")
         + pl.duration(
             microseconds=(pl.col("interim").fill_null(default_interim_s) * 1e6).cast(pl.Int64)
-        ),
+        )
+    )
+    open_end = pl.min_horizontal(
+        after_interim,
         pl.col("next_start"),
-        pl.lit(log_end).cast(_TS),
+        pl.col("start") + pl.duration(microseconds=int(max_session_s * 1e6)),
     )
     open_end = pl.max_horizontal(open_end, pl.col("last_seen"))
     sess = sess.with_columns(

@@ -1,0 +1,774 @@
+"""Per-premises fusion of network, power and financial evidence into one ranked list.
+
+The pieces of evidence are joined to *premises* (a meter account, or a subscriber when no
+account is linked), then combined in log-odds:
+
+``log_odds = logit(PRIOR) + Σ_source LLR_source + consistency``
+
+* Each detector's score is read as a calibrated probability under the base rate its
+  calibration assumed (:data:`DETECTOR_PRIORS`, ``base_rate``); its log-likelihood ratio is
+  ``logit(score) - logit(base_rate)``, times a ``weight`` < 1 for detectors whose evidence
+  overlaps others of the same source (a flow model and Stratum parsing often see the same
+  session), clipped to ±:data:`LLR_CLIP`.
+* Per source, the strongest family counts in full and other families of the same source add
+  a quarter of their positive LLR (they are correlated, not independent). Sources (network,
+  power, finance) are treated as independent: the operator's telemetry and the utility's
+  meters are separate instruments.
+* Evidence on an address shared by *n* subscribers at that time (CGNAT without a port, or
+  overlapping leases) is counted for every candidate with the likelihood ratio of "one of
+  *n*": ``LR_i = TPR / (FPR + (n-1)·PRIOR·TPR)``, i.e. ``LLR = -ln(e^-LLR + (n-1)·PRIOR)``.
+  It never becomes evidence against anybody, and never picks one of them silently.
+* Consistency between the hash rate seen on the network and the added load on the meter
+  (via :mod:`minewatch.energy`): a fit adds :data:`CONSISTENT_BONUS`; a rig whose least
+  power draw is plainly visible but whose meter shows no added load is a *contradiction*,
+  shown in ``contradictions`` and subtracting :data:`CONTRADICTION_PENALTY` (the rig may sit
+  elsewhere behind the same IP). Rigs too small for a meter to see (CPU mining) are exempt.
+
+Subject class comes from the tariff class, the subscriber kind and who owns the network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from minewatch import energy
+from minewatch.fusion.address import LinkResult, link_accounts
+from minewatch.fusion.attribution import AMBIGUOUS, ATTRIBUTED, attribute_windows
+from minewatch.fusion.policy import CLASS_ZH, Policy, default_policy
+
+_TS = pl.Datetime("us", "UTC")
+
+# Prior probability that a premises holding a broadband line and a meter hosts a mining rig.
+# The provincial sweep found 4,502 mining IPs (REFERENCE.md / DESIGN.md); against the
+# millions of broadband lines of a province that is well under 1%. 0.01 is deliberately on the
+# high side of that, so a single strong detector alone lands near 0.5 and not at certainty.
+PRIOR = 0.01
+LLR_CLIP = 6.0
+CONSISTENT_BONUS = 0.7
+CONTRADICTION_PENALTY = 1.0
+# Below this much added power (kW) a meter screen cannot be expected to see a rig.
+METER_VISIBLE_KW = 0.5
+SAME_SOURCE_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class DetectorPrior:
+    family: str
+    source: str
+    base_rate: float
+    weight: float
+    why: str
+
+
+DETECTOR_PRIORS: tuple[DetectorPrior, ...] = (
+    DetectorPrior(
+        "stratum",
+        "network",
+        0.5,
+        1.0,
+        "Stratum parsed in clear text: scores are calibrated on balanced labelled sessions",
+    ),
+    DetectorPrior(
+        "behavior",
+        "network",
+        0.5,
+        0.8,
+        "flow-behaviour model (encrypted or proxied mining); overlaps Stratum on one session",
+    ),
+    DetectorPrior(
+        "intel",
+        "network",
+        0.5,
+        0.5,
+        "pool lists also name exchanges and crypto sites: a hit alone is weak (shared/data)",
+    ),
+    DetectorPrior(
+        "network", "network", 0.5, 0.8, "any other network detector: treated like behaviour"
+    ),
+    DetectorPrior(
+        "meters",
+        "power",
+        0.5,
+        1.0,
+        "meter screening: scores calibrated on balanced labelled accounts",
+    ),
+    DetectorPrior(
+        "finance",
+        "finance",
+        0.5,
+        0.7,
+        "a wallet paid by a pool mines, but where is known only through its Stratum logins",
+    ),
+)
+_PRIORS = {p.family: p for p in DETECTOR_PRIORS}
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def _family_expr() -> pl.Expr:
+    d = pl.col("detector").str.to_lowercase()
+    return (
+        pl.when(pl.col("source") == "power")
+        .then(pl.lit("meters"))
+        .when(pl.col("source") == "finance")
+        .then(pl.lit("finance"))
+        .when(d.str.contains("stratum|login|submit|scan"))
+        .then(pl.lit("stratum"))
+        .when(d.str.contains("intel|pool_list|blocklist|dns|sni"))
+        .then(pl.lit("intel"))
+        .when(d.str.contains("behav|flow|model|timing"))
+        .then(pl.lit("behavior"))
+        .otherwise(pl.lit("network"))
+    )
+
+
+def _llr_expr() -> pl.Expr:
+    fam = pl.col("family")
+    base = fam.replace_strict({p.family: p.base_rate for p in DETECTOR_PRIORS}, default=0.5)
+    w = fam.replace_strict({p.family: p.weight for p in DETECTOR_PRIORS}, default=0.5)
+    s = pl.col("score").clip(1e-4, 1 - 1e-4)
+    raw = (s / (1 - s)).log() - (base / (1 - base)).log()
+    return (raw * w).clip(-LLR_CLIP, LLR_CLIP)
+
+
+@dataclass
+class FusionResult:
+    suspects: pl.DataFrame
+    attribution: pl.DataFrame  # one row per network evidence row
+    unattributed: pl.DataFrame  # evidence that reached no premises, with the reason
+    links: LinkResult
+    premises_evidence: pl.DataFrame  # one row per (premises, evidence)
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+def _json_field(col: str, path: str, dtype: pl.DataType) -> pl.Expr:
+    return pl.col(col).str.json_path_match(path).cast(dtype, strict=False)
+
+
+def _premises_map(
+    subscribers: pl.DataFrame, accounts: pl.DataFrame, links: LinkResult
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(subscriber_id → premises_id, account_id → premises_id)."""
+    lk = links.links.select("subscriber_id", "account_id", "method", "confidence")
+    sub_map = (
+        subscribers.select("subscriber_id")
+        .join(lk, on="subscriber_id", how="left")
+        .with_columns(
+            premises_id=pl.coalesce(
+                pl.col("account_id"), pl.format("sub:{}", pl.col("subscriber_id"))
+            )
+        )
+    )
+    acc_map = accounts.select("account_id").with_columns(premises_id=pl.col("account_id"))
+    return sub_map, acc_map
+
+
+def classify(df: pl.DataFrame) -> pl.DataFrame:
+    """Add ``subject_class`` and ``class_reason`` from ``tariff_class``, ``kind``
+    (subscriber kind / network owner) and ``capacity_kva``."""
+    kind = pl.col("kind").fill_null("").str.to_lowercase()
+    tariff = pl.col("tariff_class").fill_null("").str.to_lowercase()
+    cap = pl.col("capacity_kva").fill_null(0.0)
+    public_kind = kind.str.contains(
+        "gov|school|univ|college|hospital|public|edu|institution|政府|学校|医院|事业"
+    )
+    dc_kind = kind.str.contains("data_?cent|datacent|idc|hosting|colo|数据中心|机房")
+    cafe_kind = kind.str.contains("cafe|café|internet_bar|网吧|网咖")
+    ent_kind = kind.str.contains("enterprise|company|office|corp|factory|企业|公司|工厂")
+    biz_kind = kind.str.contains("business|shop|store|sme|商户|个体")
+    res_kind = kind.str.contains("resid|home|household|居民|家庭")
+    public_t = tariff.str.contains("public|institution|公共|事业")
+    res_t = tariff.str.contains("resid|居民")
+    ind_t = tariff.str.contains("industr|large|大工业|工业")
+    com_t = tariff.str.contains("commerc|business|一般工商业|商业")
+    cls = (
+        pl.when(public_kind | public_t)
+        .then(pl.lit("public_institution"))
+        .when(dc_kind)
+        .then(pl.lit("data_centre"))
+        .when(cafe_kind)
+        .then(pl.lit("internet_cafe"))
+        .when(ent_kind | (ind_t & (cap >= 100)))
+        .then(pl.lit("enterprise"))
+        .when(biz_kind | com_t | ind_t)
+        .then(pl.lit("small_business"))
+        .when(res_kind | res_t)
+        .then(pl.lit("residential"))
+        .otherwise(pl.lit("unknown"))
+    )
+    mismatch = res_t & ~(res_kind | (kind == ""))
+    reason = pl.concat_str(
+        [
+            pl.format("tariff {}", pl.col("tariff_class")),
+            pl.format("subscriber kind {}", pl.col("kind")),
+            pl.when(mismatch).then(
+                pl.lit("residential tariff on a non-residential subscriber: check the tariff")
+            ),
+        ],
+        separator="; ",
+        ignore_nulls=True,
+    )
+    return df.with_columns(subject_class=cls, class_reason=reason)
+
+
+def _power_bounds() -> pl.DataFrame:
+    rows = []
+    for fam in energy.algorithms():
+        b = energy.power_w_range(fam, 1.0)
+        if b:
+            rows.append({"algo_family": fam, "j_lo": b[0], "j_hi": b[1]})
+    return pl.DataFrame(rows)
+
+
+def fuse(
+    evidence: pl.DataFrame,
+    leases: pl.DataFrame,
+    subscribers: pl.DataFrame,
+    accounts: pl.DataFrame,
+    *,
+    explicit_links: pl.DataFrame | None = None,
+    links: LinkResult | None = None,
+    policy: Policy | None = None,
+    sources: set[str] | None = None,
+    prior: float = PRIOR,
+) -> FusionResult:
+    """Join every piece of evidence to premises and rank the premises."""
+    pol = policy or default_policy()
+    lk = links or link_accounts(subscribers, accounts, explicit_links)
+    ev = evidence
+    if sources is not None:
+        ev = ev.filter(pl.col("source").is_in(list(sources)))
+    ev = ev.with_row_index("ev_row").with_columns(family=_family_expr())
+    ev = ev.with_columns(
+        llr=_llr_expr(),
+        hashrate_hs=_json_field("measures", "$.hashrate_hs", pl.Float64()),
+        algo=_json_field("measures", "$.algo", pl.String()),
+        port=_json_field("measures", "$.src_port", pl.Int32()),
+        added_kw=_json_field("measures", "$.added_kw", pl.Float64()),
+        wallet=_json_field("details", "$.wallet", pl.String()),
+        hint_sub=_json_field("details", "$.subscriber_id", pl.String()),
+        hint_acc=_json_field("details", "$.account_id", pl.String()),
+        ev_reasons=pl.col("details")
+        .str.json_path_match("$.reasons")
+        .str.json_decode(pl.List(pl.String)),
+    )
+    sub_map, acc_map = _premises_map(subscribers, accounts, lk)
+
+    # Network: attribute each session at both ends of its window.
+    net = ev.filter(pl.col("subject_type") == "ip")
+    att = attribute_windows(
+        net.select(
+            pl.col("ev_row").alias("sighting_id"),
+            pl.col("subject_id").alias("ip"),
+            "port",
+            "window_start",
+            pl.col("window_end").fill_null(pl.col("window_start")),
+        ),
+        leases,
+        start="window_start",
+        end="window_end",
+    )
+    att_n = att.with_columns(n_cand=pl.col("candidates").list.len())
+    net_c = (
+        att_n.filter(pl.col("status").is_in([ATTRIBUTED, AMBIGUOUS]))
+        .select(
+            pl.col("sighting_id").alias("ev_row"),
+            "candidates",
+            "n_cand",
+            pl.col("reason").alias("attr_reason"),
+            "status",
+        )
+        .explode("candidates")
+        .rename({"candidates": "subscriber_id"})
+        .filter(~pl.col("subscriber_id").str.starts_with("nat:"))
+        .join(sub_map.select("subscriber_id", "premises_id"), on="subscriber_id", how="left")
+        .with_columns(
+            premises_id=pl.coalesce(
+                pl.col("premises_id"), pl.format("sub:{}", pl.col("subscriber_id"))
+            )
+        )
+    )
+    # Power: the account is the premises.
+    pw = (
+        ev.filter(pl.col("subject_type") == "account")
+        .select("ev_row", pl.col("subject_id").alias("account_id"))
+        .join(acc_map, on="account_id", how="left")
+        .with_columns(premises_id=pl.coalesce(pl.col("premises_id"), pl.col("account_id")))
+        .select("ev_row", "premises_id")
+    )
+    # Finance: wallet → explicit subscriber/account hint, or the premises of the network
+    # sessions that logged in with that wallet.
+    fin = ev.filter(pl.col("subject_type") == "wallet")
+    via_hint = pl.concat(
+        [
+            fin.filter(pl.col("hint_acc").is_not_null()).select(
+                "ev_row", pl.col("hint_acc").alias("premises_id")
+            ),
+            fin.filter(pl.col("hint_sub").is_not_null() & pl.col("hint_acc").is_null())
+            .select("ev_row", pl.col("hint_sub").alias("subscriber_id"))
+            .join(sub_map.select("subscriber_id", "premises_id"), on="subscriber_id", how="left")
+            .select(
+                "ev_row",
+                pl.coalesce(
+                    pl.col("premises_id"), pl.format("sub:{}", pl.col("subscriber_id"))
+                ).alias("premises_id"),
+            ),
+        ]
+    )
+    wallet_prem = (
+        net.filter(pl.col("wallet").is_not_null())
+        .select("ev_row", "wallet")
+        .join(
+            net_c.filter(pl.col("status") == ATTRIBUTED).select("ev_row", "premises_id"),
+            on="ev_row",
+        )
+        .select("wallet", "premises_id")
+        .unique()
+    )
+    via_wallet = (
+        fin.filter(pl.col("hint_acc").is_null() & pl.col("hint_sub").is_null())
+        .select("ev_row", pl.col("subject_id").alias("wallet"))
+        .join(wallet_prem, on="wallet", how="inner")
+        .select("ev_row", "premises_id")
+    )
+    fin_c = pl.concat([via_hint, via_wallet]).unique()
+
+    # Evidence per premises, with the one-of-n discount for shared addresses.
+    pe = pl.concat(
+        [
+            net_c.select("ev_row", "premises_id", "n_cand", "attr_reason", "subscriber_id"),
+            pw.with_columns(
+                n_cand=pl.lit(1, pl.UInt32),
+                attr_reason=pl.lit(None, pl.String),
+                subscriber_id=pl.lit(None, pl.String),
+            ),
+            fin_c.with_columns(
+                n_cand=pl.lit(1, pl.UInt32),
+                attr_reason=pl.lit(None, pl.String),
+                subscriber_id=pl.lit(None, pl.String),
+            ),
+        ],
+        how="vertical_relaxed",
+    ).join(ev, on="ev_row", how="left")
+    shared = pl.col("n_cand") > 1
+    pe = pe.with_columns(
+        llr_eff=pl.when(shared & (pl.col("llr") > 0))
+        .then(-((-pl.col("llr")).exp() + (pl.col("n_cand") - 1) * prior).log())
+        .otherwise(pl.col("llr"))
+    )
+
+    # Unattributed evidence: listed with the reason.
+    reached = pe.select("ev_row").unique()
+    unattr = (
+        ev.join(reached, on="ev_row", how="anti")
+        .join(
+            att.select(pl.col("sighting_id").alias("ev_row"), "status", "reason"),
+            on="ev_row",
+            how="left",
+        )
+        .with_columns(
+            reason=pl.coalesce(
+                pl.col("reason"),
+                pl.when(pl.col("subject_type") == "wallet").then(
+                    pl.lit("wallet seen in no attributed Stratum login and names no subscriber")
+                ),
+                pl.when(pl.col("status") == AMBIGUOUS).then(
+                    pl.lit("only unresolved CGNAT candidates")
+                ),
+                pl.lit("subject not linked to any premises"),
+            )
+        )
+        .select(
+            "evidence_id",
+            "source",
+            "detector",
+            "subject_type",
+            "subject_id",
+            "window_start",
+            "window_end",
+            "score",
+            "reason",
+        )
+    )
+    suspects = _aggregate(pe, prior)
+    suspects = _attach(suspects, subscribers, accounts, lk, sub_map)
+    suspects = classify(suspects)
+    suspects = _consistency(suspects)
+    suspects = suspects.with_columns(
+        log_odds=(pl.col("log_odds") + pl.col("consistency_llr")).round(4)
+    ).with_columns(score=(1.0 / (1.0 + (-pl.col("log_odds")).exp())).round(4))
+    suspects = pol.apply(suspects.with_columns(region=pl.col("region").fill_null("未知")))
+    suspects = suspects.sort(["log_odds", "premises_id"], descending=[True, False])
+    suspects = suspects.with_row_index("rank", offset=1)
+    suspects = _reasons(suspects, pe)
+    counts = {
+        "evidence": ev.height,
+        "evidence_by_source": {
+            str(k): int(v) for k, v in ev.group_by("source").len().sort("source").iter_rows()
+        },
+        "network_sessions": net.height,
+        "attribution": {
+            str(k): int(v) for k, v in att.group_by("status").len().sort("status").iter_rows()
+        },
+        "unattributed_evidence": unattr.height,
+        "premises": suspects.height,
+        "links": lk.summary(),
+    }
+    return FusionResult(
+        suspects=suspects,
+        attribution=att,
+        unattributed=unattr,
+        links=lk,
+        premises_evidence=pe,
+        counts=counts,
+    )
+
+
+def _aggregate(pe: pl.DataFrame, prior: float) -> pl.DataFrame:
+    fam = pe.group_by("premises_id", "source", "family").agg(
+        llr=pl.col("llr_eff").max(), score=pl.col("score").max()
+    )
+    src = fam.group_by("premises_id", "source").agg(
+        llr=pl.col("llr").max()
+        + SAME_SOURCE_SHARE
+        * (pl.col("llr").clip(0, None).sum() - pl.col("llr").max().clip(0, None)),
+        score=pl.col("score").max(),
+    )
+    wide = src.pivot(on="source", index="premises_id", values=["llr", "score"])
+    for s in ("network", "power", "finance"):
+        for v in ("llr", "score"):
+            name = f"{v}_{s}"
+            if name not in wide.columns:
+                wide = wide.with_columns(pl.lit(None, pl.Float64).alias(name))
+    net = pe.filter(pl.col("source") == "network")
+    hr = (
+        net.filter(pl.col("hashrate_hs").is_not_null())
+        .group_by("premises_id", "algo")
+        .agg(pl.col("hashrate_hs").max())
+    )
+    nets = net.group_by("premises_id").agg(
+        ips=pl.col("subject_id").unique().sort(),
+        n_sessions=pl.len(),
+        first_seen=pl.col("window_start").min(),
+        last_seen=pl.col("window_end").max(),
+        shared_max=pl.col("n_cand").max(),
+        subscriber_ids=pl.col("subscriber_id").drop_nulls().unique().sort(),
+        pools=pl.col("details")
+        .str.json_path_match("$.pool_host")
+        .drop_nulls()
+        .unique()
+        .sort()
+        .head(5),
+        wallets=pl.col("wallet").drop_nulls().unique().sort().head(5),
+    )
+    pw = (
+        pe.filter(pl.col("source") == "power")
+        .group_by("premises_id")
+        .agg(added_kw=pl.col("added_kw").max(), power_since=pl.col("window_start").min())
+    )
+    out = (
+        wide.join(nets, on="premises_id", how="left")
+        .join(pw, on="premises_id", how="left")
+        .join(
+            hr.group_by("premises_id").agg(
+                hashrate_hs=pl.col("hashrate_hs").sum(),
+                algo=pl.col("algo").sort_by("hashrate_hs", descending=True).first(),
+                algos=pl.struct("algo", "hashrate_hs"),
+            ),
+            on="premises_id",
+            how="left",
+        )
+    )
+    return out.with_columns(
+        log_odds=_logit(prior)
+        + pl.sum_horizontal(
+            pl.col("llr_network").fill_null(0.0),
+            pl.col("llr_power").fill_null(0.0),
+            pl.col("llr_finance").fill_null(0.0),
+        ),
+    )
+
+
+def _attach(
+    s: pl.DataFrame,
+    subscribers: pl.DataFrame,
+    accounts: pl.DataFrame,
+    lk: LinkResult,
+    sub_map: pl.DataFrame,
+) -> pl.DataFrame:
+    acc = accounts.select(
+        pl.col("account_id").alias("premises_id"),
+        pl.col("account_id"),
+        "tariff_class",
+        pl.col("capacity_kva").cast(pl.Float64, strict=False),
+        pl.col("address").alias("account_address"),
+        pl.col("region").alias("account_region"),
+    )
+    # Subscribers of each premises (from links), with their kind/address/region.
+    sp = (
+        sub_map.select("subscriber_id", "premises_id", "method", "confidence")
+        .join(subscribers.select("subscriber_id", "kind", "address", "region"), on="subscriber_id")
+        .group_by("premises_id")
+        .agg(
+            linked_subscribers=pl.col("subscriber_id").sort(),
+            kind=pl.col("kind").first(),
+            subscriber_address=pl.col("address").first(),
+            subscriber_region=pl.col("region").first(),
+            link_method=pl.col("method").first(),
+            link_confidence=pl.col("confidence").first(),
+        )
+    )
+    out = s.join(acc, on="premises_id", how="left").join(sp, on="premises_id", how="left")
+    out = out.with_columns(
+        region=pl.coalesce(pl.col("account_region"), pl.col("subscriber_region")),
+        address=pl.coalesce(pl.col("account_address"), pl.col("subscriber_address")),
+        subscriber_ids=pl.when(pl.col("subscriber_ids").list.len().fill_null(0) > 0)
+        .then(pl.col("subscriber_ids"))
+        .otherwise(pl.col("linked_subscribers")),
+    )
+    return out
+
+
+def _consistency(s: pl.DataFrame) -> pl.DataFrame:
+    bounds = _power_bounds()
+    algos = s.select("algo").drop_nulls().unique()
+    fam = algos.with_columns(
+        algo_family=pl.col("algo").map_elements(energy.algo_family, return_dtype=pl.String)
+    )
+    s = s.join(fam, on="algo", how="left").join(bounds, on="algo_family", how="left")
+    s = s.with_columns(
+        power_kw_lo=(pl.col("hashrate_hs") * pl.col("j_lo") / 1000).round(3),
+        power_kw_hi=(pl.col("hashrate_hs") * pl.col("j_hi") / 1000).round(3),
+    )
+    has_hr = pl.col("power_kw_lo").is_not_null()
+    screened = pl.col("score_power").is_not_null()
+    added = pl.col("added_kw").fill_null(0.0)
+    visible = pl.col("power_kw_lo") >= METER_VISIBLE_KW
+    fits = (
+        has_hr
+        & screened
+        & (added >= 0.5 * pl.col("power_kw_lo"))
+        & (added <= 1.5 * pl.col("power_kw_hi") + 1.0)
+    )
+    contra = has_hr & screened & visible & (added < 0.5 * pl.col("power_kw_lo"))
+    more = has_hr & screened & (added > 1.5 * pl.col("power_kw_hi") + 1.0)
+    too_small = has_hr & ~visible
+    s = s.with_columns(
+        hashrate_text=pl.struct("hashrate_hs", "algo").map_elements(
+            lambda r: (
+                energy.format_rate(r["hashrate_hs"], r["algo"])
+                if r["hashrate_hs"] is not None
+                else None
+            ),
+            return_dtype=pl.String,
+        )
+    )
+    hr_txt = pl.format(
+        "hash rate {} ({}) implies {}–{} kW",
+        pl.col("hashrate_text"),
+        pl.col("algo_family"),
+        pl.col("power_kw_lo").round(2),
+        pl.col("power_kw_hi").round(2),
+    )
+    s = s.with_columns(
+        consistency=pl.when(fits)
+        .then(pl.lit("consistent"))
+        .when(contra)
+        .then(pl.lit("contradiction"))
+        .when(more)
+        .then(pl.lit("more_load_than_hashrate"))
+        .when(too_small)
+        .then(pl.lit("below_meter_visibility"))
+        .when(has_hr & ~screened)
+        .then(pl.lit("no_meter_result"))
+        .otherwise(None),
+        consistency_llr=pl.when(fits)
+        .then(CONSISTENT_BONUS)
+        .when(contra)
+        .then(-CONTRADICTION_PENALTY)
+        .otherwise(0.0),
+        consistency_text=pl.when(fits)
+        .then(pl.format("{}; the meter's added {} kW fits", hr_txt, pl.col("added_kw").round(2)))
+        .when(contra)
+        .then(
+            pl.format(
+                "{} but the meter shows only {} kW added: the rig may sit elsewhere behind "
+                "the same IP",
+                hr_txt,
+                added.round(2),
+            )
+        )
+        .when(more)
+        .then(
+            pl.format(
+                "{}; the meter's added {} kW is more than that (rigs not seen on the network, "
+                "or other load)",
+                hr_txt,
+                pl.col("added_kw").round(2),
+            )
+        )
+        .when(too_small)
+        .then(pl.format("{}: too small for a meter screen to see", hr_txt))
+        .when(has_hr & ~screened)
+        .then(pl.format("{}; no meter screening result for this premises", hr_txt))
+        .otherwise(None),
+    )
+    # A premises the meter cannot see: negative power evidence says nothing.
+    s = s.with_columns(
+        log_odds=pl.when(too_small & (pl.col("llr_power").fill_null(0) < 0))
+        .then(pl.col("log_odds") - pl.col("llr_power"))
+        .otherwise(pl.col("log_odds"))
+    )
+    return s.drop("j_lo", "j_hi")
+
+
+def _reasons(s: pl.DataFrame, pe: pl.DataFrame) -> pl.DataFrame:
+    """Human-readable reasons per premises, strongest first, each checkable on site."""
+    when_ = pl.col("window_start").dt.strftime("%Y-%m-%d %H:%M")
+    line = (
+        pl.when(pl.col("source") == "network")
+        .then(
+            pl.format(
+                "{} at {} ({}), score {}: {}",
+                pl.col("detector"),
+                pl.col("subject_id"),
+                when_,
+                pl.col("score").round(2),
+                pl.col("attr_reason"),
+            )
+        )
+        .when(pl.col("source") == "power")
+        .then(
+            pl.format(
+                "meter {}: score {}, +{} kW{}",
+                pl.col("subject_id"),
+                pl.col("score").round(2),
+                pl.col("added_kw").round(2),
+                pl.when(pl.col("window_start").is_not_null())
+                .then(pl.format(" since {}", pl.col("window_start").dt.strftime("%Y-%m-%d")))
+                .otherwise(pl.lit("")),
+            )
+        )
+        .otherwise(
+            pl.format(
+                "{} wallet {} ({}), score {}",
+                pl.col("detector"),
+                pl.col("subject_id").str.slice(0, 16),
+                when_.fill_null("?"),
+                pl.col("score").round(2),
+            )
+        )
+    )
+    per = (
+        pe.with_columns(line=line)
+        .sort("llr_eff", descending=True)
+        .group_by("premises_id", maintain_order=True)
+        .agg(
+            ev_lines=pl.col("line").drop_nulls().head(4),
+            detector_reasons=pl.col("ev_reasons")
+            .list.explode(keep_nulls=False, empty_as_null=False)
+            .drop_nulls()
+            .unique(maintain_order=True)
+            .head(4),
+            evidence_ids=pl.col("evidence_id").unique().sort(),
+        )
+    )
+    s = s.join(per, on="premises_id", how="left")
+    link_txt = pl.when(pl.col("link_method").is_not_null()).then(
+        pl.format(
+            "subscriber↔meter link by {} (confidence {})",
+            pl.col("link_method"),
+            pl.col("link_confidence").round(2),
+        )
+    )
+    shared_txt = pl.when(pl.col("shared_max").fill_null(1) > 1).then(
+        pl.format(
+            "the address was shared by {} subscribers at that time: counted as one of them",
+            pl.col("shared_max"),
+        )
+    )
+    s = s.with_columns(
+        reasons=pl.concat_list(
+            pl.col("ev_lines").fill_null(pl.lit([], pl.List(pl.String))),
+            pl.concat_list(
+                pl.col("consistency_text"), link_txt, shared_txt, pl.col("class_reason")
+            ).list.drop_nulls(),
+            pl.col("detector_reasons").fill_null(pl.lit([], pl.List(pl.String))),
+        ),
+        contradictions=pl.when(pl.col("consistency") == "contradiction")
+        .then(pl.concat_list(pl.col("consistency_text")))
+        .otherwise(pl.lit([], pl.List(pl.String))),
+        class_zh=pl.col("subject_class").replace_strict(CLASS_ZH, default="未知"),
+        kwh_day=pl.when(pl.col("added_kw").is_not_null() & (pl.col("added_kw") > 0))
+        .then(pl.col("added_kw") * 24)
+        .otherwise(((pl.col("power_kw_lo") * pl.col("power_kw_hi")).sqrt()) * 24)
+        .round(1),
+    )
+    return s
+
+
+SUSPECT_FIELDS: tuple[str, ...] = (
+    "rank",
+    "premises_id",
+    "score",
+    "log_odds",
+    "region",
+    "subject_class",
+    "class_zh",
+    "in_scope",
+    "action",
+    "action_zh",
+    "action_en",
+    "account_id",
+    "subscriber_ids",
+    "address",
+    "tariff_class",
+    "kind",
+    "ips",
+    "n_sessions",
+    "first_seen",
+    "last_seen",
+    "hashrate_hs",
+    "algo",
+    "power_kw_lo",
+    "power_kw_hi",
+    "added_kw",
+    "kwh_day",
+    "score_network",
+    "score_power",
+    "score_finance",
+    "consistency",
+    "contradictions",
+    "link_method",
+    "link_confidence",
+    "reasons",
+    "evidence_ids",
+    "pools",
+    "wallets",
+)
+
+
+def suspect_records(suspects: pl.DataFrame) -> list[dict[str, Any]]:
+    """Suspects as plain dicts with the documented fields (times as ISO 8601 strings)."""
+    cols = [c for c in SUSPECT_FIELDS if c in suspects.columns]
+    df = suspects.select(cols).with_columns(
+        [
+            pl.col(c).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+            for c in ("first_seen", "last_seen")
+            if c in cols
+        ]
+    )
+    return df.to_dicts()
+
+
+def suspects_jsonl(suspects: pl.DataFrame) -> str:
+    return "".join(
+        json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in suspect_records(suspects)
+    )
