@@ -71,6 +71,26 @@ def _render_detections(rows: list[dict[str, Any]], title: str, to_stdout: bool) 
     console.print(table)
 
 
+@app.command("demo")
+def _demo(
+    out: Path = typer.Option(Path("minewatch-demo"), "--out", help="Directory for the outputs."),
+) -> None:
+    """Run the main job end to end on generated data and print what it found."""
+    from minewatch.lab.demo import run_network_stage
+
+    net = run_network_stage(out)
+    console = Console()
+    console.rule("[bold]1. Network: packet-level mining detection[/bold]")
+    console.print(f"capture: {net.files['capture']} (generated access-network traffic)")
+    _render_detections(net.detections, "mining sessions (minewatch scan)", to_stdout=True)
+    if net.weak_leads:
+        console.print(
+            f"{len(net.weak_leads)} weak lead(s) below the reporting threshold, e.g. "
+            f"{net.weak_leads[0]['pool_host']}: {net.weak_leads[0]['reasons'][0]}"
+        )
+    console.print(f"written: {net.files['detections']}")
+
+
 @app.command("scan")
 def _scan(
     inputs: list[str] = typer.Argument(..., help="pcap/pcapng files, or - for a pcap stream."),

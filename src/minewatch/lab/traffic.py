@@ -385,3 +385,113 @@ def jsonrpc_api_session(
         )
         c.send(0.12 + i, False, {"jsonrpc": "2.0", "id": i, "result": hex(19_000_000 + i)})
     return c
+
+
+def ethproxy_session(
+    client: tuple[str, int] = ("10.1.0.11", 50011),
+    server: tuple[str, int] = ("10.9.0.11", 4444),
+    start: float = 1_764_000_000.0,
+    shares: int = 12,
+    interval: float = 5.0,
+    wallet: str = "0x9c99d212f7e5daa18ab50810e0fd255d1f04303b",
+) -> Conversation:
+    """An eth-proxy GPU miner (Ethash family): login, getWork polling, submits, hash rate."""
+    c = Conversation(client, server, start)
+    c.send(
+        0.1,
+        True,
+        {
+            "worker": "gpu1",
+            "jsonrpc": "2.0",
+            "params": [wallet, "x"],
+            "id": 2,
+            "method": "eth_submitLogin",
+        },
+    )
+    c.send(0.12, False, {"jsonrpc": "2.0", "id": 2, "result": True})
+    boundary = "0x" + (2**256 // (4 * 10**9)).to_bytes(32, "big").hex()
+    work = ["0x" + "41" * 32, "0x" + "71" * 32, boundary]
+    for i in range(shares):
+        t = 1 + i * interval
+        c.send(
+            t,
+            True,
+            {"worker": "", "jsonrpc": "2.0", "params": [], "id": 3, "method": "eth_getWork"},
+        )
+        c.send(t + 0.02, False, {"jsonrpc": "2.0", "id": 3, "result": work})
+        c.send(
+            t + 2,
+            True,
+            {
+                "id": 4,
+                "jsonrpc": "2.0",
+                "method": "eth_submitWork",
+                "params": ["0x" + f"{i:016x}", work[0], "0x" + "99" * 32],
+            },
+        )
+        c.send(t + 2.02, False, {"jsonrpc": "2.0", "id": 4, "result": True})
+    c.send(
+        shares * interval,
+        True,
+        {
+            "id": 6,
+            "jsonrpc": "2.0",
+            "method": "eth_submitHashrate",
+            "params": [hex(800_000_000), "0x" + "59" * 32],
+        },
+    )
+    return c
+
+
+def getwork_session(
+    client: tuple[str, int] = ("10.1.0.12", 50012),
+    server: tuple[str, int] = ("10.9.0.12", 8332),
+    start: float = 1_764_000_000.0,
+) -> Conversation:
+    """A getblocktemplate miner over HTTP with keep-alive, answered by the pool."""
+    c = Conversation(client, server, start)
+    body = json.dumps(
+        {
+            "id": 0,
+            "method": "getblocktemplate",
+            "params": [{"capabilities": ["coinbasetxn", "workid"]}],
+        }
+    )
+    req = (
+        f"POST / HTTP/1.1\r\nHost: solo.pool.example:8332\r\nAuthorization: Basic "
+        f"bWluZXIxOng=\r\nUser-Agent: cgminer 4.12.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    )
+    result = json.dumps(
+        {
+            "id": 0,
+            "error": None,
+            "result": {
+                "previousblockhash": "00" * 32,
+                "target": "00000000ffff" + "00" * 26,
+                "height": 840000,
+            },
+        }
+    )
+    chunked = f"{len(result):x}\r\n{result}\r\n0\r\n\r\n"
+    resp = (
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        f"Transfer-Encoding: chunked\r\n\r\n{chunked}"
+    )
+    for i in range(3):
+        c.send(0.1 + i * 30, True, req)
+        c.send(0.15 + i * 30, False, resp)
+    return c
+
+
+def web_session(
+    client: tuple[str, int] = ("10.1.0.13", 50013),
+    server: tuple[str, int] = ("10.9.0.13", 80),
+    start: float = 1_764_000_000.0,
+) -> Conversation:
+    """An ordinary web page load: not mining."""
+    c = Conversation(client, server, start)
+    c.send(0.1, True, "GET /index.html HTTP/1.1\r\nHost: www.example.org\r\n\r\n")
+    page = "<html><body>" + "hello " * 300 + "</body></html>"
+    c.send(0.2, False, f"HTTP/1.1 200 OK\r\nContent-Length: {len(page)}\r\n\r\n{page}")
+    return c
