@@ -370,3 +370,12 @@ def test_scripted_stratum_client_against_the_pool() -> None:
 def test_scripted_client_refuses_non_loopback_hosts() -> None:
     with pytest.raises(ValueError, match="loopback"):
         run_stratum_client("192.0.2.1", 3333, worker="w")
+
+
+def test_pool_serves_ipv6_loopback() -> None:
+    with PoolThread(PoolConfig(host="::1")) as pool:
+        assert pool.url == f"[::1]:{pool.port}"
+        client = LineClient(pool)
+        assert login(client)["result"]["status"] == "OK"
+        client.close()
+        assert pool.record.logins[0].peer[0] == "::1"
