@@ -163,3 +163,17 @@ def test_live_mode_reports_when_confirmed_then_at_the_end() -> None:
     assert [r["final"] for r in seen] == [False, True]
     assert seen[0]["session_id"] == seen[1]["session_id"]
     json.dumps(seen)  # every record is plain JSON
+
+
+def test_node_p2p_traffic_is_not_mining() -> None:
+    """Monero P2P (Levin header, 18080) and Bitcoin P2P (magic f9beb4d9, 8333)."""
+    levin = T.Conversation(("10.1.0.20", 53000), ("10.9.0.20", 18080), 1_764_000_000.0)
+    btc = T.Conversation(("10.1.0.21", 53001), ("10.9.0.21", 8333), 1_764_000_000.0)
+    for i in range(20):
+        levin.send(i, i % 2 == 0, bytes.fromhex("0121010101010101") + os.urandom(120))
+        btc.send(
+            i,
+            i % 2 == 0,
+            bytes.fromhex("f9beb4d9") + b"ping\x00\x00\x00\x00\x00\x00\x00\x00" + os.urandom(16),
+        )
+    assert scan(T.write_pcap([levin, btc]), min_confidence=0.0) == []

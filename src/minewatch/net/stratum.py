@@ -100,9 +100,13 @@ def split_login(user: str | None) -> tuple[str | None, str | None, str | None]:
     for coin, pat in _WALLETS:
         m = pat.search(text)
         if m and (m.start() == 0 or not text[m.start() - 1].isalnum()):
-            rest = (text[: m.start()] + text[m.end() :]).strip("./@+:_- ")
-            worker = re.split(r"[./@+:]", rest)[0] if rest else None
-            return m.group(0), worker or None, coin
+            # After the address: ".worker", "/worker/email" (nanopool), "+1000" (a fixed
+            # difficulty, not a worker) or nothing.
+            rest = re.sub(r"\+\d+(\.\d+)?$", "", text[m.end() :])
+            worker = None
+            if rest[:1] in (".", "/", ":", "_", "-", "@"):
+                worker = re.split(r"[/@+]", rest[1:])[0] or None
+            return m.group(0), worker, coin
     parts = re.split(r"[./]", text, maxsplit=1)
     account = parts[0] or None
     worker = parts[1] if len(parts) > 1 and parts[1] else None
@@ -298,7 +302,7 @@ class StratumState:
                 if isinstance(params[0], str):
                     self.user = params[0]
                 worker = m.get("worker")
-                if isinstance(worker, str) and worker and "/" not in self.user:
+                if isinstance(worker, str) and worker and self.user and "/" not in self.user:
                     self.user = f"{self.user}.{worker}"
             elif method == "eth_submitWork":
                 self.shares.append(Share(ts, self.hashes_per_share))
