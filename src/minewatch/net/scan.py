@@ -580,7 +580,8 @@ class Scanner:
             self._emit(rec)
 
     def _emit(self, rec: dict[str, Any]) -> None:
-        self.counters.detections += 1
+        if rec["final"] and self.passes(rec):
+            self.counters.detections += 1  # reported sessions, not lines (live prints two)
         self.out.append(rec)
         if self.on_detection is not None:
             self.on_detection(rec)
