@@ -9,9 +9,10 @@ Generates benchmark readings with :mod:`minewatch.lab.meters` into a Parquet fil
   definitions, ``groupby`` + per-account ``apply``) on the first ``--pandas-accounts``
   accounts, read with ``pandas.read_parquet``.
 
-It prints readings/s and peak resident memory (``ru_maxrss`` of each process) for both, their
-ratio, and whether the shared feature columns agree on a sample. Scoring is a pass over the
-feature table (one row per account) and is not part of the timing.
+It prints readings/s and peak resident memory for both (``ru_maxrss`` of the process, and of
+the largest of the local engine's worker processes), their ratio, and whether the shared
+feature columns agree on a sample. Scoring is a pass over the feature table (one row per
+account) and is not part of the timing.
 
     python benchmarks/meters.py                      # 20k accounts x 60 days hourly
     python benchmarks/meters.py --full-daily         # 10 M accounts x 30 daily readings
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -82,6 +84,8 @@ def _worker(impl: str, path: str, limit: int, chunk: int, workers: int) -> None:
         n_accounts = len(feats)
     seconds = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # worker processes (local engine with workers > 1): the largest one's peak
+    worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(
         json.dumps(
             {
@@ -90,6 +94,7 @@ def _worker(impl: str, path: str, limit: int, chunk: int, workers: int) -> None:
                 "accounts": n_accounts,
                 "seconds": seconds,
                 "peak_mb": peak_mb,
+                "worker_mb": worker_mb,
             }
         )
     )
@@ -173,18 +178,19 @@ def main() -> None:
     ok, total = _agreement(path, 400)
     print(
         f"\n{args.accounts:,} accounts x {args.days} days {args.resolution}; "
-        f"chunk {args.chunk:,} accounts, {args.workers} worker thread(s)"
+        f"chunk {args.chunk:,} accounts, {args.workers} worker process(es); load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
     print(
         f"{'implementation':<16}{'accounts':>12}{'readings':>15}{'seconds':>10}"
-        f"{'readings/s':>14}{'peak MB':>10}"
+        f"{'readings/s':>14}{'peak MB':>10}{'worker MB':>10}"
     )
     for r in results:
         rate = r["rows"] / r["seconds"]
         r["rate"] = rate
         print(
             f"{r['impl']:<16}{r['accounts']:>12,}{r['rows']:>15,}{r['seconds']:>10.1f}"
-            f"{rate:>14,.0f}{r['peak_mb']:>10,.0f}"
+            f"{rate:>14,.0f}{r['peak_mb']:>10,.0f}{r['worker_mb']:>10,.0f}"
         )
     print(
         f"speed-up (readings/s, minewatch / pandas): {results[0]['rate'] / results[1]['rate']:.1f}x"

@@ -74,9 +74,12 @@ def test_spill_buckets_keep_accounts_whole(small_hourly: meters.MeterData, tmp_p
     assert total == small_hourly.readings.num_rows
 
 
-def test_two_workers_same_answer_in_order(small_hourly: meters.MeterData) -> None:
+@pytest.mark.parametrize("processes", [True, False])
+def test_two_workers_same_answer_in_order(small_hourly: meters.MeterData, processes: bool) -> None:
     one = local.run(summary, small_hourly.readings, accounts_per_chunk=40)
-    two = local.run(summary, small_hourly.readings, accounts_per_chunk=40, workers=2)
+    two = local.run(
+        summary, small_hourly.readings, accounts_per_chunk=40, workers=2, processes=processes
+    )
     assert one.column("account_id").to_pylist() == two.column("account_id").to_pylist()
     assert_same(one, two)
 
@@ -91,3 +94,19 @@ def test_real_features_are_chunk_invariant(small_hourly: meters.MeterData) -> No
     chunked = local.features(small_hourly.readings, accounts_per_chunk=37, workers=2)
     assert chunked.schema.equals(FEATURES)
     assert_same(chunked, whole)
+
+
+def test_automatic_chunk_size_follows_readings(small_hourly: meters.MeterData, monkeypatch) -> None:
+    sizes: list[int] = []
+
+    def fn(t: pa.Table) -> pa.Table:
+        sizes.append(pc.count_distinct(t.column("account_id")).as_py())
+        return summary(t)
+
+    local.run(fn, small_hourly.readings)
+    assert sizes == [400]  # 400 accounts x 840 hours is far below the default
+    sizes.clear()
+    monkeypatch.setattr(local, "DEFAULT_CHUNK_READINGS", 84_000)
+    monkeypatch.setattr(local, "MIN_AUTO_CHUNK", 1)
+    local.run(fn, small_hourly.readings)
+    assert len(sizes) >= 3 and max(sizes) <= 110

@@ -10,26 +10,28 @@ chunk size, not by the input:
 - a stream of record batches must keep each account's rows together, in ascending account
   order (what the generator, a sorted Parquet file, or a database ``ORDER BY`` gives); the
   order is checked batch by batch with vectorised comparisons;
-- a Parquet file or directory is streamed; if it turns out not to be ordered by account it is
-  re-read once and spilled into hash buckets on disk (Polars hashing, one Parquet file per
-  bucket), and each bucket is then sorted and cut into chunks.
+- a Parquet file or directory is streamed; if it turns out not to be ordered by account,
+  :func:`run` reads it again and spills it into hash buckets on disk (Polars hashing, one
+  Parquet file per bucket), and each bucket is then sorted and cut into chunks.
 
-With ``workers > 1`` chunks run on a thread pool (NumPy, Polars and Arrow release the GIL in
-their kernels); results come back in input order.
+With ``workers > 1`` chunks run in a pool of worker processes (or threads); results come back
+in input order.
 
 The Spark engine (:mod:`minewatch.engines.spark`) runs the same function per account group.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import multiprocessing as mp
 import os
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -42,8 +44,11 @@ AccountFn: TypeAlias = Callable[[pa.Table], pa.Table]
 Source: TypeAlias = pa.Table | str | os.PathLike[str] | Iterable[pa.Table | pa.RecordBatch]
 
 KEY = "account_id"
-#: default accounts per chunk: ~20k accounts x 90 days hourly is ~43 M readings, ~2 GB peak
-DEFAULT_CHUNK = 20_000
+#: with no chunk size given, chunks hold about this many readings: the feature code peaks at
+#: roughly 250 bytes per reading (measured), so ~1 GB per chunk in flight
+DEFAULT_CHUNK_READINGS = 4_000_000
+#: bounds of the automatic chunk size, in accounts
+MIN_AUTO_CHUNK, MAX_AUTO_CHUNK = 100, 500_000
 
 
 class UnorderedInput(InputError):
@@ -56,17 +61,19 @@ def _as_table(batch: pa.Table | pa.RecordBatch) -> pa.Table:
 
 def iter_account_chunks(
     batches: Iterable[pa.Table | pa.RecordBatch],
-    accounts_per_chunk: int = DEFAULT_CHUNK,
+    accounts_per_chunk: int | None = None,
     key: str = KEY,
 ) -> Iterator[pa.Table]:
     """Regroup a stream ordered by ``key`` into tables of ``accounts_per_chunk`` whole accounts.
 
     An account may span several input batches; it is never split across output tables.
-    Raises :class:`UnorderedInput` when the stream is not in ascending ``key`` order.
+    Without ``accounts_per_chunk`` the size is set from the first batch so that a chunk holds
+    about :data:`DEFAULT_CHUNK_READINGS` readings. Raises :class:`UnorderedInput` when the
+    stream is not in ascending ``key`` order.
     """
-    if accounts_per_chunk < 1:
+    if accounts_per_chunk is not None and accounts_per_chunk < 1:
         raise ValueError("accounts_per_chunk must be at least 1")
-    n = accounts_per_chunk
+    n = accounts_per_chunk or 0
     buf: list[pa.Table] = []
     n_open = 0  # accounts begun in buf
     last: str | None = None
@@ -107,6 +114,9 @@ def iter_account_chunks(
                 )
             starts = np.concatenate([np.zeros(1, dtype=np.int64), starts])
         last = ids[-1].as_py()
+        if n == 0:  # automatic size, from this first batch's readings per account
+            per_account = table.num_rows / max(1, len(starts))
+            n = int(np.clip(DEFAULT_CHUNK_READINGS / per_account, MIN_AUTO_CHUNK, MAX_AUTO_CHUNK))
         k = np.arange(len(starts))
         number = n_open + k  # accounts already open before this start
         cuts = starts[(number > 0) & (number % n == 0)]
@@ -194,14 +204,19 @@ def spill_buckets(
 
 def iter_chunks(
     source: Source,
-    accounts_per_chunk: int = DEFAULT_CHUNK,
+    accounts_per_chunk: int | None = None,
     *,
     key: str = KEY,
     spill_dir: str | os.PathLike[str] | None = None,
+    spill: bool = False,
     bucket_rows: int = 50_000_000,
     batch_rows: int = 1_000_000,
 ) -> Iterator[pa.Table]:
-    """Cut ``source`` into tables of whole accounts (see the module docstring)."""
+    """Cut ``source`` into tables of whole accounts (see the module docstring).
+
+    A Parquet path is streamed as it is ordered; with ``spill=True`` it is first partitioned
+    into hash buckets under ``spill_dir`` (for files not ordered by account).
+    """
     if isinstance(source, pa.Table):
         yield from iter_account_chunks(
             _sorted_table(source, key).to_batches(max_chunksize=batch_rows),
@@ -211,7 +226,7 @@ def iter_chunks(
         return
     if isinstance(source, str | os.PathLike):
         path = source
-        if is_ordered(path, key):
+        if not spill:
             yield from iter_account_chunks(_scan(path, batch_rows), accounts_per_chunk, key)
             return
         rows = ds.dataset(str(path), format="parquet").count_rows()
@@ -232,18 +247,30 @@ def map_accounts(
     fn: AccountFn,
     source: Source,
     *,
-    accounts_per_chunk: int = DEFAULT_CHUNK,
+    accounts_per_chunk: int | None = None,
     workers: int = 1,
+    processes: bool = True,
     key: str = KEY,
     spill_dir: str | os.PathLike[str] | None = None,
+    spill: bool = False,
 ) -> Iterator[pa.Table]:
-    """Apply ``fn`` to each chunk of whole accounts; yield the results in input order."""
-    chunks = iter_chunks(source, accounts_per_chunk, key=key, spill_dir=spill_dir)
+    """Apply ``fn`` to each chunk of whole accounts; yield the results in input order.
+
+    With ``workers > 1`` the chunks go to a pool of worker processes (``processes=True``,
+    ``fn`` must then be picklable, e.g. a module-level function or a ``functools.partial``)
+    or threads; at most ``workers + 1`` chunks are in flight.
+    """
+    chunks = iter_chunks(source, accounts_per_chunk, key=key, spill_dir=spill_dir, spill=spill)
     if workers <= 1:
         for chunk in chunks:
             yield fn(chunk)
         return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minewatch-local") as pool:
+    pool: Executor
+    if processes:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minewatch-local")
+    with pool:
         pending: deque[Future[pa.Table]] = deque()
         for chunk in chunks:
             pending.append(pool.submit(fn, chunk))
@@ -258,20 +285,28 @@ def run(
     source: Source,
     *,
     schema: pa.Schema | None = None,
-    accounts_per_chunk: int = DEFAULT_CHUNK,
+    accounts_per_chunk: int | None = None,
     workers: int = 1,
+    processes: bool = True,
     spill_dir: str | os.PathLike[str] | None = None,
 ) -> pa.Table:
-    """:func:`map_accounts` collected into one table (``schema`` for an empty input)."""
-    parts = list(
-        map_accounts(
-            fn,
-            source,
-            accounts_per_chunk=accounts_per_chunk,
-            workers=workers,
-            spill_dir=spill_dir,
-        )
-    )
+    """:func:`map_accounts` collected into one table (``schema`` for an empty input).
+
+    A Parquet path that turns out not to be ordered by account is run again through hash
+    buckets on disk (``spill_dir``, default the system's temporary directory).
+    """
+    options: dict[str, Any] = {
+        "accounts_per_chunk": accounts_per_chunk,
+        "workers": workers,
+        "processes": processes,
+        "spill_dir": spill_dir,
+    }
+    try:
+        parts = list(map_accounts(fn, source, **options))
+    except UnorderedInput:
+        if not isinstance(source, str | os.PathLike):
+            raise
+        parts = list(map_accounts(fn, source, spill=True, **options))
     if not parts:
         if schema is None:
             raise InputError("no readings to screen", hint="the input holds no rows")
@@ -283,18 +318,15 @@ def features(
     source: Source,
     *,
     tz: str = "UTC",
-    accounts_per_chunk: int = DEFAULT_CHUNK,
+    accounts_per_chunk: int | None = None,
     workers: int = 1,
     spill_dir: str | os.PathLike[str] | None = None,
 ) -> pa.Table:
     """Per-account screening features of ``source`` (``minewatch.power.features``)."""
     from minewatch.power import features as feat
 
-    def fn(chunk: pa.Table) -> pa.Table:
-        return feat.account_features(chunk, tz=tz)
-
     return run(
-        fn,
+        functools.partial(feat.account_features, tz=tz),
         source,
         schema=feat.FEATURES,
         accounts_per_chunk=accounts_per_chunk,
@@ -308,7 +340,7 @@ def screen(
     accounts: pa.Table | None = None,
     *,
     tz: str = "UTC",
-    accounts_per_chunk: int = DEFAULT_CHUNK,
+    accounts_per_chunk: int | None = None,
     workers: int = 1,
     spill_dir: str | os.PathLike[str] | None = None,
 ) -> pa.Table:

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from minewatch.engines.local import DEFAULT_CHUNK, KEY, iter_account_chunks
+from minewatch.engines.local import KEY, iter_account_chunks
 from minewatch.schema import READINGS
 
 AccountFn = Callable[[pa.Table], pa.Table]
@@ -64,7 +64,7 @@ def session(
     return builder.getOrCreate()
 
 
-def buckets_for(n_readings: int, readings_per_bucket: int = 20_000_000) -> int:
+def buckets_for(n_readings: int, readings_per_bucket: int = 8_000_000) -> int:
     """How many account buckets keep each under ``readings_per_bucket`` readings on average."""
     return max(1, -(-n_readings // readings_per_bucket))
 
@@ -91,7 +91,7 @@ def map_accounts(
     spark: Any,
     n_buckets: int = 8,
     mode: Mode = "grouped",
-    accounts_per_chunk: int = DEFAULT_CHUNK,
+    accounts_per_chunk: int | None = None,
 ) -> Any:
     """A Spark DataFrame of ``fn`` applied to groups of whole accounts (schema ``schema``)."""
     from pyspark.sql import functions as F
@@ -129,7 +129,7 @@ def run(
     spark: Any,
     n_buckets: int = 8,
     mode: Mode = "grouped",
-    accounts_per_chunk: int = DEFAULT_CHUNK,
+    accounts_per_chunk: int | None = None,
 ) -> pa.Table:
     """:func:`map_accounts` collected to the driver as an Arrow table sorted by account."""
     df = map_accounts(
@@ -154,7 +154,7 @@ def features(
     tz: str = "UTC",
     n_buckets: int = 8,
     mode: Mode = "grouped",
-    accounts_per_chunk: int = DEFAULT_CHUNK,
+    accounts_per_chunk: int | None = None,
 ) -> pa.Table:
     """Per-account screening features (``minewatch.power.features``) computed on Spark."""
     from minewatch.power import features as feat
