@@ -37,7 +37,13 @@ How an account is scored
    out-of-fold probabilities, the others the average of the fold models).
 6. **Reasons** are rule checks a field officer can verify on site (step size and date,
    night minimum before and after, load factor, persistence, peers, contracted capacity); the
-   ``added_load_kw`` and ``since`` come from the same rules, not from the model.
+   ``added_load_kw`` and ``since`` come from the same rules, not from the model. An account
+   is ``flagged`` when its score reaches the threshold *and* a rule found checkable evidence
+   (a step, a base level above the peers', or a raised night minimum).
+7. **Weather rule.** A step that built up gradually while the base started to wander from day
+   to day (see :data:`WEATHER_SHARPNESS`) is what heating does in winter; its probability is
+   capped at :data:`WEATHER_CAP` and the reasons say so. A rig switched on adds a constant: the step
+   is sharp and the day-to-day noise stays as it was.
 """
 
 from __future__ import annotations
@@ -60,6 +66,14 @@ FLAG_PROBABILITY = 0.5
 #: A base-load step counts as evidence from this t statistic and size (kW) on.
 STEP_MIN_STAT = 5.0
 STEP_MIN_KW = 0.1
+#: Weather rule: a step that built up gradually (less than this share of it within a week of
+#: the date) while the base wanders from day to day (noise ratio above the second constant)
+#: looks like heating, and its probability is capped at :data:`WEATHER_CAP`.
+WEATHER_SHARPNESS = 0.4
+WEATHER_NOISE_RATIO = 1.5
+WEATHER_CAP = 0.05
+#: Standardised terms are clipped to +-Z_CLIP before the scorecard's products are formed.
+Z_CLIP = 4.0
 
 TERMS: tuple[str, ...] = (
     "step",
@@ -69,6 +83,7 @@ TERMS: tuple[str, ...] = (
     "sharp",
     "persist",
     "spread",
+    "noise_ratio",
     "duty",
     "msr",
     "night",
@@ -87,7 +102,17 @@ TERMS: tuple[str, ...] = (
     "anomaly",
 )
 
-_IF_TERMS = ("step", "stat", "level_flat", "night_ex", "dlf", "cv", "base_share", "noise_rel")
+_IF_TERMS = (
+    "step",
+    "stat",
+    "level_flat",
+    "night_ex",
+    "dlf",
+    "cv",
+    "base_share",
+    "noise_rel",
+    "noise_ratio",
+)
 
 HASHRATE_TYPE = pa.list_(
     pa.struct([("algo", pa.string()), ("low_hs", pa.float64()), ("high_hs", pa.float64())])
@@ -207,6 +232,7 @@ def evidence_terms(df: pl.DataFrame) -> pl.DataFrame:
         sharp=sharp,
         persist=persist,
         spread=c(pl.col("after_spread")).clip(0, 5),
+        noise_ratio=c(pl.col("noise_ratio")).clip(0.1, 100).log(),
         duty=c(pl.col("duty_cycle")),
         msr=c(pl.col("median_shift_ratio")).clip(-2, 3),
         night=night,
@@ -264,7 +290,9 @@ class Scorecard:
     prevalence: float
 
     def expand(self, x: np.ndarray) -> np.ndarray:
-        z = (x - self.mean1) / self.scale1
+        # Clipping keeps the pairwise products from extrapolating wildly on accounts unlike
+        # anything the scorecard was fitted on.
+        z = np.clip((x - self.mean1) / self.scale1, -Z_CLIP, Z_CLIP)
         i, j = np.triu_indices(z.shape[1])
         return np.hstack([z, z[:, i] * z[:, j]])
 
@@ -437,7 +465,16 @@ def _reasons(df: pl.DataFrame) -> pl.DataFrame:
             (pl.col("missing_share") * 100).round(0).cast(pl.Int64, strict=False),
         )
     )
+    r_weather = pl.when(pl.col("weather")).then(
+        pl.format(
+            "looks weather-driven: only {}% of the rise came within a week of the date and the "
+            "base varies {}× more from day to day since (heating?)",
+            (pl.col("sharpness").clip(0, 1) * 100).round(0).cast(pl.Int64, strict=False),
+            pl.col("noise_ratio").round(1).cast(pl.String),
+        )
+    )
     parts = [
+        r_weather,
         r_step,
         r_lf,
         r_persist,
@@ -512,6 +549,18 @@ def score(
             card = load_scorecard(kind)
             shift = 0.0 if prior is None else _logit_prior(prior) - _logit_prior(card.prevalence)
             logit[mask] = card.logit(x[mask][:, [TERMS.index(t) for t in card.terms]]) + shift
+    weather = (
+        df.select(
+            (
+                (pl.col("change_stat") >= STEP_MIN_STAT)
+                & (pl.col("sharpness") < WEATHER_SHARPNESS)
+                & (pl.col("noise_ratio") > WEATHER_NOISE_RATIO)
+            ).fill_null(False)
+        )
+        .to_series()
+        .to_numpy()
+    )
+    logit = np.where(weather, np.minimum(logit, _logit_prior(WEATHER_CAP)), logit)
     prob = _sigmoid(logit)
     if labels is not None and labels.num_rows:
         lab = pl.from_arrow(labels)
@@ -523,7 +572,9 @@ def score(
         xs = np.hstack([x, logit[:, None]])
         prob = supervised_probability(xs, labelled, y[labelled].astype(int), seed=seed)
 
-    df = df.with_columns(score=pl.Series(prob), anomaly=pl.Series(anomaly))
+    df = df.with_columns(
+        score=pl.Series(prob), anomaly=pl.Series(anomaly), weather=pl.Series(weather)
+    )
     step_ok = (pl.col("change_stat") >= STEP_MIN_STAT) & (pl.col("added_kw") >= STEP_MIN_KW)
     level_kw = pl.col("base_kw") - pl.col("peer_base_kw")
     night_kw = pl.col("night_base_kw") - pl.col("base_kw")
@@ -546,7 +597,7 @@ def score(
         .otherwise(pl.lit(0.0))
         .round(3),
         since=pl.when(pl.col("evidence") == "step").then(pl.col("since")),
-        flagged=pl.col("score") >= threshold,
+        flagged=(pl.col("score") >= threshold) & (pl.col("evidence") != "none"),
     )
     df = _reasons(df)
     hashrate = _hashrates(df.get_column("added_load_kw").to_numpy())

@@ -87,6 +87,7 @@ FEATURES = pa.schema(
         ("persist", pa.float64()),
         ("sharpness", pa.float64()),
         ("after_spread", pa.float64()),
+        ("noise_ratio", pa.float64()),
         ("stat_all_day", pa.float64()),
         ("added_all_day_kw", pa.float64()),
         ("stat_night", pa.float64()),
@@ -259,6 +260,12 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+def _mad(d: np.ndarray) -> np.ndarray:
+    """Robust standard deviation of each row (NaN-aware MAD x 1.4826)."""
+    med = np.nanmedian(d, axis=1, keepdims=True)
+    return np.asarray(1.4826 * np.nanmedian(np.abs(d - med), axis=1))
+
+
 def _noise(series: np.ndarray) -> np.ndarray:
     """Robust day-to-day noise of each row: MAD of first differences / sqrt(2)."""
     d = np.diff(series, axis=1)
@@ -277,6 +284,7 @@ class _Change:
     persist: np.ndarray
     sharpness: np.ndarray
     spread: np.ndarray
+    noise_ratio: np.ndarray
     noise: np.ndarray
 
 
@@ -287,7 +295,9 @@ def _change_point(series: np.ndarray) -> _Change:
     noise = _noise(series) if d > 1 else np.full(n, NOISE_FLOOR_KW)
     if d < 2:
         empty = np.full(n, np.nan)
-        return _Change(np.full(n, -1), empty, empty, empty, empty, empty, empty, empty, noise)
+        return _Change(
+            np.full(n, -1), empty, empty, empty, empty, empty, empty, empty, empty, noise
+        )
     x = np.where(valid, series, 0.0)
     cs = np.cumsum(x, axis=1)
     cn = np.cumsum(valid, axis=1)
@@ -322,6 +332,13 @@ def _change_point(series: np.ndarray) -> _Change:
         sharp = np.where(np.abs(added) > 1e-9, local / np.where(added == 0, 1, added), np.nan)
         after_vals = np.where(after_mask & valid, series, np.nan)
         q10, q90 = np.nanpercentile(after_vals, [10, 90], axis=1)
+        # Weather-driven loads make the base wander from day to day after the change; a rig
+        # adds a constant and leaves the day-to-day noise as it was.
+        d = np.diff(series, axis=1)
+        d_after = after_mask[:, 1:] & after_mask[:, :-1]
+        noise_before = _mad(np.where(~d_after & ~after_mask[:, 1:], d, np.nan))
+        noise_after = _mad(np.where(d_after, d, np.nan))
+        noise_ratio = np.fmax(noise_after, NOISE_FLOOR_KW) / np.fmax(noise_before, NOISE_FLOOR_KW)
         spread = np.where(
             np.abs(added) > 1e-9, (q90 - q10) / np.where(added == 0, 1, added), np.nan
         )
@@ -335,6 +352,7 @@ def _change_point(series: np.ndarray) -> _Change:
         persist=np.where(found, persist, nan),
         sharpness=np.where(found, np.clip(sharp, -1.0, 2.0), nan),
         spread=np.where(found, np.clip(spread, -10.0, 10.0), nan),
+        noise_ratio=np.where(found, np.clip(noise_ratio, 0.0, 100.0), nan),
         noise=noise,
     )
 
@@ -461,6 +479,7 @@ def _hourly_part(frame: pl.DataFrame, tz: str) -> pl.DataFrame:
             "persist": ch.persist,
             "sharpness": ch.sharpness,
             "after_spread": ch.spread,
+            "noise_ratio": ch.noise_ratio,
             "stat_all_day": ch_all.stat,
             "added_all_day_kw": ch_all.added,
             "stat_night": ch_night.stat,
@@ -492,6 +511,7 @@ def _pick_change(a: _Change, b: _Change, use_b: np.ndarray) -> _Change:
         persist=sel(a.persist, b.persist),
         sharpness=sel(a.sharpness, b.sharpness),
         spread=sel(a.spread, b.spread),
+        noise_ratio=sel(a.noise_ratio, b.noise_ratio),
         noise=sel(a.noise, b.noise),
     )
 
@@ -561,6 +581,7 @@ def _daily_part(frame: pl.DataFrame, tz: str) -> pl.DataFrame:
             "persist": ch.persist,
             "sharpness": ch.sharpness,
             "after_spread": ch.spread,
+            "noise_ratio": ch.noise_ratio,
             "stat_all_day": ch.stat,
             "added_all_day_kw": ch.added,
             "stat_night": nan,

@@ -727,7 +727,12 @@ def read_readings(
             hint="name interval energy 'kwh' or register readings 'register' (both in kWh)",
         )
     if frame.height == 0:
-        raise InputError("no readings, only a header", path=path, line=2 if is_csv else None)
+        raise InputError(
+            "no readings, only a header",
+            path=path,
+            line=2 if is_csv else None,
+            hint="the export stopped before the data; export it again",
+        )
     assert acct_col is not None and ts_col is not None
     record_cols = list(cols)
     frame = frame.with_row_index("_row").with_columns(
@@ -816,7 +821,9 @@ def _read_sgcc(
             hint="one column per day named like 2014/1/1 or 2014-01-01",
         )
     if frame.height == 0:
-        raise InputError("no customers, only a header", path=path, line=2)
+        raise InputError(
+            "no customers, only a header", path=path, line=2, hint="export the table again"
+        )
     frame = frame.with_row_index("_row")
     labels = None
     if flag is not None:
@@ -909,7 +916,12 @@ def read_accounts(path: str | Path, *, quarantine: Quarantine | None = None) -> 
             hint=f"name the column one of: {', '.join(_ACCOUNT_COLS)}",
         )
     if frame.height == 0:
-        raise InputError("no accounts, only a header", path=path, line=2 if is_csv else None)
+        raise InputError(
+            "no accounts, only a header",
+            path=path,
+            line=2 if is_csv else None,
+            hint="export the accounts table again",
+        )
 
     def text(names: Sequence[str]) -> pl.Expr:
         col = _pick(cols, names)
@@ -996,7 +1008,9 @@ def read_labels(path: str | Path, *, quarantine: Quarantine | None = None) -> pa
         .then(pl.lit("label is not 0/1"))
     )
     _send_to_quarantine(frame.filter(pl.col("_reason").is_not_null()), quarantine, [acct, label])
-    out = frame.filter(pl.col("_reason").is_null()).unique("account_id", keep="first")
+    out = frame.filter(pl.col("_reason").is_null()).unique(
+        "account_id", keep="first", maintain_order=True
+    )
     return (
         out.select("account_id", "label")
         .to_arrow()
