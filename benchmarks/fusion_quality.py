@@ -101,6 +101,10 @@ def run(spec: CitySpec, out: Path, ks: tuple[int, ...] = (50, 100, 150)) -> dict
     ).height
     amb = with_lease.filter(pl.col("status") == "ambiguous").height
     nol = with_lease.filter(pl.col("status") == "no_lease").height
+    # Sightings that can be attributed at all: a port, or an address nobody shared.
+    shared_no_port = pl.col("port").is_null() & pl.col("ip").str.starts_with("203.0.113.")
+    attributable = with_lease.filter(~shared_no_port)
+    att_ok = attributable.filter(pl.col("got") == pl.col("subscriber_id")).height
     no_rec = j.filter(~pl.col("has_lease"))
     no_rec_wrong = no_rec.filter(pl.col("status") == "attributed").height
 
@@ -126,6 +130,8 @@ def run(spec: CitySpec, out: Path, ks: tuple[int, ...] = (50, 100, 150)) -> dict
             "ambiguous": amb,
             "no_lease": nol,
             "accuracy": correct / n_l if n_l else float("nan"),
+            "attributable": attributable.height,
+            "attributable_correct": att_ok,
             "without_lease_records": no_rec.height,
             "without_records_but_attributed": no_rec_wrong,
         },
@@ -148,9 +154,21 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=28)
     ap.add_argument("--prevalence", type=float, default=0.03)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--cleartext",
+        type=float,
+        default=CitySpec.p_cleartext,
+        help="share of rigs speaking clear-text Stratum (the rest use TLS)",
+    )
     ap.add_argument("--json", action="store_true", help="print the full result as JSON")
     a = ap.parse_args()
-    spec = CitySpec(n_premises=a.premises, days=a.days, prevalence=a.prevalence, seed=a.seed)
+    spec = CitySpec(
+        n_premises=a.premises,
+        days=a.days,
+        prevalence=a.prevalence,
+        seed=a.seed,
+        p_cleartext=a.cleartext,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         res = run(spec, Path(tmp))
     if a.json:
@@ -161,7 +179,7 @@ def main() -> None:
     ks = list(next(iter(prec.values())).keys())
     print(
         f"synthetic city: {res['premises']} premises, {res['positives']} with mining, "
-        f"{a.days} days, seed {a.seed}"
+        f"{a.days} days, seed {a.seed}, clear-text Stratum share {a.cleartext}"
     )
     print(f"{'monitoring list':<26}" + "".join(f"{k:>10}" for k in ks))
     for name, row in prec.items():
@@ -180,6 +198,10 @@ def main() -> None:
         f"ambiguous {att['ambiguous']}, no lease {att['no_lease']}); sightings without "
         f"records: {att['without_lease_records']}, of which attributed: "
         f"{att['without_records_but_attributed']}"
+    )
+    print(
+        f"  of which carry a port or an unshared address: {att['attributable_correct']}/"
+        f"{att['attributable']} correct"
     )
     print(f"links: {res['links']}")
     print(f"seconds: {res['seconds']}", file=sys.stderr)

@@ -487,5 +487,167 @@ def _meters_plot(
     err_console.print(f"wrote {out}")
 
 
+@app.command("fuse")
+def _fuse(
+    evidence: list[Path] = typer.Option(
+        ..., "--evidence", help="scan / flows detect / meters screen JSON Lines (repeatable)."
+    ),
+    leases: list[Path] = typer.Option(
+        ..., "--leases", help="RADIUS detail, dhcpd.leases, Kea CSV, CGNAT log (repeatable)."
+    ),
+    subscribers: Path = typer.Option(..., "--subscribers", help="Subscribers CSV/Parquet."),
+    accounts: Path = typer.Option(..., "--accounts", help="Meter accounts CSV/Parquet."),
+    links: Path | None = typer.Option(None, "--links", help="Explicit subscriber_id,account_id."),
+    finance: list[Path] = typer.Option([], "--finance", help="Finance leads CSV (repeatable)."),
+    policy: Path | None = typer.Option(None, "--policy", help="Regional policy TOML/CSV."),
+    lease_format: str | None = typer.Option(
+        None, "--lease-format", help="radius, dhcpd, kea, cgnat or leases (default: sniffed)."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Write suspects, lists and stats here."),
+    min_score: float = typer.Option(0.5, "--min-score", help="Monitoring list and stats cut-off."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl (stdout) or table."),
+) -> None:
+    """Join evidence to premises and print ranked suspects as JSON Lines."""
+    import json
+
+    from minewatch.errors import InputError
+    from minewatch.fusion.pipeline import run_fuse
+    from minewatch.fusion.risk import suspect_records
+
+    if fmt not in ("jsonl", "table"):
+        err_console.print("--format must be jsonl or table")
+        raise typer.Exit(2)
+    try:
+        run = run_fuse(
+            evidence,
+            leases,
+            subscribers,
+            accounts,
+            links=links,
+            finance=finance,
+            policy=policy,
+            lease_format=lease_format,
+            out=out,
+            min_score=min_score,
+        )
+    except InputError as exc:
+        err_console.print(f"unusable input: {exc}")
+        raise typer.Exit(2) from exc
+    recs = suspect_records(run.result.suspects)
+    if fmt == "table":
+        from rich.table import Table
+
+        table = Table(title="suspect premises")
+        for col in ("rank", "premises", "region", "class", "score", "IPs", "action"):
+            table.add_column(col)
+        for r in recs:
+            if r["score"] < min_score:
+                continue
+            table.add_row(
+                str(r["rank"]),
+                r["premises_id"],
+                r.get("region") or "",
+                r.get("subject_class") or "",
+                f"{r['score']:.3f}",
+                ", ".join(r.get("ips") or []),
+                r.get("action_en") or "",
+            )
+        Console().print(table)
+    else:
+        for r in recs:
+            typer.echo(json.dumps(r, ensure_ascii=False, default=str))
+    s = run.summary
+    err_console.print(
+        f"evidence: {s['evidence']['read']} read = {s['evidence']['accepted']} accepted + "
+        f"{s['evidence']['rejected']} rejected; attribution {s['attribution']}; "
+        f"{s['unattributed_evidence']} evidence rows reached no premises; links {s['links']}; "
+        f"{s['premises']} premises, {s['suspects_at_or_above_min_score']} at score >= {min_score}"
+    )
+    for ld in s["leases"]:
+        err_console.print(
+            f"{ld['path']} ({ld['format']}): {ld['read']} read = {ld['accepted']} accepted + "
+            f"{ld['rejected']} rejected {ld['rejected_by_reason'] or ''}; {ld['leases']} leases; "
+            f"repaired {ld['repaired'] or '{}'}"
+        )
+    if run.written:
+        err_console.print(f"wrote {', '.join(sorted(run.written.values()))}")
+
+
+report_app = typer.Typer(help="Monitoring lists and regional statistics.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("monitoring-list")
+def _report_monitoring_list(
+    suspects: Path = typer.Argument(..., help="suspects.jsonl from minewatch fuse."),
+    out: Path = typer.Option(..., "-o", "--out", help="File to write: .xlsx or .csv."),
+    min_score: float = typer.Option(0.5, "--min-score", help="Rows from this score."),
+) -> None:
+    """Write the monitoring list grouped by region, with Chinese and English headers."""
+    import polars as pl
+
+    from minewatch.report import monitoring
+
+    try:
+        df = monitoring.read_suspects(suspects)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        err_console.print(f"unusable input: {suspects}: {exc}")
+        raise typer.Exit(2) from exc
+    path, n = monitoring.write(df, out, min_score=min_score)
+    err_console.print(f"wrote {path}: {n} premises")
+
+
+@report_app.command("stats")
+def _report_stats(
+    suspects: Path = typer.Argument(..., help="suspects.jsonl from minewatch fuse."),
+    min_score: float = typer.Option(0.5, "--min-score", help="Count premises from this score."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl (stdout) or table."),
+) -> None:
+    """Mining IPs, hash rate (per algorithm) and energy per day, by region and class."""
+    import json
+
+    import polars as pl
+
+    from minewatch.energy import format_rate
+    from minewatch.report import monitoring
+    from minewatch.report.stats import regional_stats
+
+    try:
+        df = monitoring.read_suspects(suspects)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        err_console.print(f"unusable input: {suspects}: {exc}")
+        raise typer.Exit(2) from exc
+    stats = regional_stats(df, min_score=min_score)
+    if fmt == "table":
+        from rich.table import Table
+
+        table = Table(title="regional statistics 区域统计")
+        for col in (
+            "region",
+            "class",
+            "algorithm",
+            "premises",
+            "mining IPs",
+            "hash rate",
+            "kWh/day",
+        ):
+            table.add_column(col)
+        for r in stats.iter_rows(named=True):
+            hr = r["hashrate_hs"]
+            table.add_row(
+                r["region"],
+                r["subject_class"],
+                r["algo_family"],
+                str(r["premises"]),
+                str(r["mining_ips"]),
+                format_rate(hr, r["algo_family"]) if hr else "",
+                f"{r['kwh_day']:.0f}",
+            )
+        Console().print(table)
+    else:
+        for r in stats.to_dicts():
+            typer.echo(json.dumps(r, ensure_ascii=False))
+
+
 def main() -> None:
     app()

@@ -48,7 +48,7 @@ _TS = pl.Datetime("us", "UTC")
 # millions of broadband lines of a province that is well under 1%. 0.01 is deliberately on the
 # high side of that, so a single strong detector alone lands near 0.5 and not at certainty.
 PRIOR = 0.01
-LLR_CLIP = 6.0
+LLR_CLIP = 8.0
 CONSISTENT_BONUS = 0.7
 CONTRADICTION_PENALTY = 1.0
 # Below this much added power (kW) a meter screen cannot be expected to see a rig.
@@ -58,10 +58,20 @@ SAME_SOURCE_SHARE = 0.25
 
 @dataclass(frozen=True)
 class DetectorPrior:
+    """How to read one detector family's score as evidence.
+
+    ``base_rate``: the prevalence at which the score is a calibrated probability, so that
+    ``logit(score) - logit(base_rate)`` is its log-likelihood ratio. ``weight`` discounts
+    families that overlap others of their source. ``min_llr``/``max_llr`` bound what one
+    family can say: no detector is trusted beyond what its failure modes allow.
+    """
+
     family: str
     source: str
     base_rate: float
     weight: float
+    min_llr: float
+    max_llr: float
     why: str
 
 
@@ -69,42 +79,71 @@ DETECTOR_PRIORS: tuple[DetectorPrior, ...] = (
     DetectorPrior(
         "stratum",
         "network",
-        0.5,
+        PRIOR,
         1.0,
-        "Stratum parsed in clear text: scores are calibrated on balanced labelled sessions",
+        -3.0,
+        8.0,
+        "Stratum parsed in clear text (minewatch.net.stratum): a client that logs in, gets "
+        "jobs and has shares accepted is mining, whatever else the line carries, so the "
+        "confidence is read as a probability in the field population (base = PRIOR); bounded "
+        "at +8 because the rig may sit elsewhere behind the same line",
     ),
     DetectorPrior(
         "behavior",
         "network",
         0.5,
         0.8,
-        "flow-behaviour model (encrypted or proxied mining); overlaps Stratum on one session",
+        -2.0,
+        4.0,
+        "flow-behaviour model (encrypted or proxied mining): trained on balanced sessions, "
+        "so read at even odds; full nodes and VPN keep-alives look alike (bounded at +4); "
+        "overlaps Stratum on one session (weight 0.8)",
     ),
     DetectorPrior(
         "intel",
         "network",
         0.5,
         0.5,
+        -1.0,
+        2.0,
         "pool lists also name exchanges and crypto sites: a hit alone is weak (shared/data)",
     ),
     DetectorPrior(
-        "network", "network", 0.5, 0.8, "any other network detector: treated like behaviour"
+        "network",
+        "network",
+        0.5,
+        0.8,
+        -2.0,
+        4.0,
+        "any other network detector: treated like the behaviour model",
     ),
     DetectorPrior(
         "meters",
         "power",
-        0.5,
+        0.03,
         1.0,
-        "meter screening: scores calibrated on balanced labelled accounts",
+        -3.0,
+        4.0,
+        "meters screen: a probability at its training prevalence of about 3 % "
+        "(minewatch.power.detect). Bounded at +4 because a meter cannot tell a rig from a "
+        "kiln, a grain dryer or a server room (DESIGN.md), and at -3 because rigs run in "
+        "disguise (night only, rig by rig, with outages) fool a screen",
     ),
     DetectorPrior(
         "finance",
         "finance",
         0.5,
         0.7,
+        -1.0,
+        3.0,
         "a wallet paid by a pool mines, but where is known only through its Stratum logins",
     ),
 )
+# A premises whose subscriber the network watches but where no mining session was seen in the
+# window: likelihood ratio NETWORK_MISS / (1 - false alarm) ~ NETWORK_MISS. The share of
+# rigs the operator's telemetry misses over weeks (VPN/proxy/encrypted, collector gaps) is an
+# assumption: 0.3, deliberately above the miss rate of the synthetic city (about 0.15).
+NETWORK_MISS = 0.3
 _PRIORS = {p.family: p for p in DETECTOR_PRIORS}
 
 
@@ -133,9 +172,21 @@ def _llr_expr() -> pl.Expr:
     fam = pl.col("family")
     base = fam.replace_strict({p.family: p.base_rate for p in DETECTOR_PRIORS}, default=0.5)
     w = fam.replace_strict({p.family: p.weight for p in DETECTOR_PRIORS}, default=0.5)
-    s = pl.col("score").clip(1e-4, 1 - 1e-4)
-    raw = (s / (1 - s)).log() - (base / (1 - base)).log()
-    return (raw * w).clip(-LLR_CLIP, LLR_CLIP)
+    lo = fam.replace_strict({p.family: p.min_llr for p in DETECTOR_PRIORS}, default=-LLR_CLIP)
+    hi = fam.replace_strict({p.family: p.max_llr for p in DETECTOR_PRIORS}, default=LLR_CLIP)
+    raw = _raw_llr_expr(base, w)
+    return pl.min_horizontal(pl.max_horizontal(raw, lo), hi)
+
+
+def _raw_llr_expr(base: pl.Expr | None = None, w: pl.Expr | None = None) -> pl.Expr:
+    """Weighted log-likelihood ratio before the bounds (used to order ties)."""
+    fam = pl.col("family")
+    if base is None:
+        base = fam.replace_strict({p.family: p.base_rate for p in DETECTOR_PRIORS}, default=0.5)
+    if w is None:
+        w = fam.replace_strict({p.family: p.weight for p in DETECTOR_PRIORS}, default=0.5)
+    s = pl.col("score").clip(1e-12, 1 - 1e-12)
+    return ((s / (1 - s)).log() - (base / (1 - base)).log()) * w
 
 
 @dataclass
@@ -248,6 +299,7 @@ def fuse(
     ev = ev.with_row_index("ev_row").with_columns(family=_family_expr())
     ev = ev.with_columns(
         llr=_llr_expr(),
+        llr_raw=_raw_llr_expr(),
         hashrate_hs=_json_field("measures", "$.hashrate_hs", pl.Float64()),
         algo=_json_field("measures", "$.algo", pl.String()),
         port=_json_field("measures", "$.src_port", pl.Int32()),
@@ -401,15 +453,27 @@ def fuse(
     suspects = _attach(suspects, subscribers, accounts, lk, sub_map)
     suspects = classify(suspects)
     suspects = _consistency(suspects)
+    # Absence of network evidence where the network watches: only when network evidence was
+    # part of this run at all, and only for premises with a linked subscriber.
+    network_on = (sources is None or "network" in sources) and net.height > 0
+    watched = pl.col("linked_subscribers").list.len().fill_null(0) > 0
     suspects = suspects.with_columns(
-        log_odds=(pl.col("log_odds") + pl.col("consistency_llr")).round(4)
+        absence_llr=pl.when(pl.lit(network_on) & watched & pl.col("llr_network").is_null())
+        .then(math.log(NETWORK_MISS))
+        .otherwise(0.0)
+    )
+    suspects = suspects.with_columns(
+        log_odds=(pl.col("log_odds") + pl.col("consistency_llr") + pl.col("absence_llr")).round(4)
     ).with_columns(score=(1.0 / (1.0 + (-pl.col("log_odds")).exp())).round(4))
     suspects = pol.apply(suspects.with_columns(region=pl.col("region").fill_null("未知")))
-    suspects = suspects.sort(["log_odds", "premises_id"], descending=[True, False])
+    # Ties (bounded evidence) are ordered by the unbounded strength of the evidence.
+    suspects = suspects.sort(
+        ["log_odds", "strength", "premises_id"], descending=[True, True, False], nulls_last=True
+    )
     suspects = suspects.with_row_index("rank", offset=1)
     suspects = _reasons(suspects, pe)
     counts = {
-        "evidence": ev.height,
+        "evidence_rows": ev.height,
         "evidence_by_source": {
             str(k): int(v) for k, v in ev.group_by("source").len().sort("source").iter_rows()
         },
@@ -433,14 +497,24 @@ def fuse(
 
 def _aggregate(pe: pl.DataFrame, prior: float) -> pl.DataFrame:
     fam = pe.group_by("premises_id", "source", "family").agg(
-        llr=pl.col("llr_eff").max(), score=pl.col("score").max()
+        llr=pl.col("llr_eff").max(),
+        score=pl.col("score").max(),
+        raw=pl.when(pl.col("n_cand") == 1).then(pl.col("llr_raw")).otherwise(0.0).max(),
     )
+    strength = fam.group_by("premises_id", "source").agg(raw=pl.col("raw").max())
+    strength = strength.group_by("premises_id").agg(strength=pl.col("raw").sum())
     src = fam.group_by("premises_id", "source").agg(
         llr=pl.col("llr").max()
         + SAME_SOURCE_SHARE
         * (pl.col("llr").clip(0, None).sum() - pl.col("llr").max().clip(0, None)),
         score=pl.col("score").max(),
     )
+    own_score = (
+        pe.filter((pl.col("n_cand") == 1) | (pl.col("source") != "network"))
+        .group_by("premises_id", "source")
+        .agg(score=pl.col("score").max())
+    )
+    src = src.drop("score").join(own_score, on=["premises_id", "source"], how="left")
     wide = src.pivot(on="source", index="premises_id", values=["llr", "score"])
     for s in ("network", "power", "finance"):
         for v in ("llr", "score"):
@@ -448,8 +522,11 @@ def _aggregate(pe: pl.DataFrame, prior: float) -> pl.DataFrame:
             if name not in wide.columns:
                 wide = wide.with_columns(pl.lit(None, pl.Float64).alias(name))
     net = pe.filter(pl.col("source") == "network")
+    # Hash rate and the shown network score come only from sessions attributed to this
+    # premises alone; shared-address sessions count (discounted) in the log-odds only.
+    own = net.filter(pl.col("n_cand") == 1)
     hr = (
-        net.filter(pl.col("hashrate_hs").is_not_null())
+        own.filter(pl.col("hashrate_hs").is_not_null())
         .group_by("premises_id", "algo")
         .agg(pl.col("hashrate_hs").max())
     )
@@ -474,7 +551,8 @@ def _aggregate(pe: pl.DataFrame, prior: float) -> pl.DataFrame:
         .agg(added_kw=pl.col("added_kw").max(), power_since=pl.col("window_start").min())
     )
     out = (
-        wide.join(nets, on="premises_id", how="left")
+        wide.join(strength, on="premises_id", how="left")
+        .join(nets, on="premises_id", how="left")
         .join(pw, on="premises_id", how="left")
         .join(
             hr.group_by("premises_id").agg(
@@ -694,11 +772,23 @@ def _reasons(s: pl.DataFrame, pe: pl.DataFrame) -> pl.DataFrame:
             pl.col("shared_max"),
         )
     )
+    absent_txt = pl.when(pl.col("absence_llr") < 0).then(
+        pl.format(
+            "no mining session seen on the lines of {} in the period (the network sees most "
+            "rigs): {}",
+            pl.col("linked_subscribers").list.join(", "),
+            pl.col("absence_llr").round(2),
+        )
+    )
     s = s.with_columns(
         reasons=pl.concat_list(
             pl.col("ev_lines").fill_null(pl.lit([], pl.List(pl.String))),
             pl.concat_list(
-                pl.col("consistency_text"), link_txt, shared_txt, pl.col("class_reason")
+                pl.col("consistency_text"),
+                absent_txt,
+                link_txt,
+                shared_txt,
+                pl.col("class_reason"),
             ).list.drop_nulls(),
             pl.col("detector_reasons").fill_null(pl.lit([], pl.List(pl.String))),
         ),

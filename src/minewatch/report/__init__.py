@@ -1,0 +1,1 @@
+"""Exports: monitoring lists (CSV, XLSX) and regional statistics."""
