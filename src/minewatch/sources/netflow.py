@@ -1019,14 +1019,35 @@ def _datagram_end(buf: bytes, off: int) -> int | None:
     if version == 9:
         if n - off < V9_HEADER.size:
             return None
+        secs = int.from_bytes(buf[off + 8 : off + 12], "big")
+        source = buf[off + 16 : off + 20]
         pos = off + V9_HEADER.size
         while n - pos >= 4:
             set_id = int.from_bytes(buf[pos : pos + 2], "big")
             set_len = int.from_bytes(buf[pos + 2 : pos + 4], "big")
             if 1 < set_id < 256 or set_len < 4:
                 break
-            pos = min(n, pos + set_len)
+            end = min(n, pos + set_len)
+            # A damaged set length must not swallow the datagrams that follow it.
+            cut = _next_v9_header(buf, pos + 4, end, secs, source)
+            if cut is not None:
+                return cut
+            pos = end
         return pos if n - pos >= 4 else n
+    return None
+
+
+def _next_v9_header(buf: bytes, start: int, end: int, secs: int, source: bytes) -> int | None:
+    """Offset of a v9 header from the same exporter (same source id, time within a day)
+    inside ``buf[start:end]``, if any."""
+    pos = buf.find(b"\x00\x09", start, end)
+    while pos != -1:
+        if len(buf) - pos >= V9_HEADER.size + 4 and buf[pos + 16 : pos + 20] == source:
+            t = int.from_bytes(buf[pos + 8 : pos + 12], "big")
+            set_id = int.from_bytes(buf[pos + 20 : pos + 22], "big")
+            if abs(t - secs) <= 86_400 and (set_id in (0, 1) or set_id >= 256):
+                return pos
+        pos = buf.find(b"\x00\x09", pos + 1, end)
     return None
 
 
