@@ -239,7 +239,10 @@ def parse(text: str) -> Address:
     if has_han:
         m = re.search(r"\d", rest)
         prefix = rest[: m.start()] if m else rest
-        # The administrative part ends before the first road/town/community word.
+        # The administrative part ends at its last 省/市/区/县/州/盟/旗 before the first digit;
+        # cutting there keeps jionlp's cache keyed by administrative names, not by roads.
+        ends = [i for i, ch in enumerate(prefix) if ch in "省市区县州盟旗"]
+        prefix = prefix[: ends[-1] + 1] if ends else ""
         province, city, county, consumed = _admin(prefix)
         f["province"], f["city"], f["county"] = province, city, county
         rest = rest[consumed:]

@@ -687,7 +687,12 @@ def _detections(
     rows = (
         rows.sort("first")
         .join_asof(
-            holdings, left_on="first", right_on="start", by="subscriber_id", strategy="backward"
+            holdings,
+            left_on="first",
+            right_on="start",
+            by="subscriber_id",
+            strategy="backward",
+            check_sortedness=False,
         )
         .filter(pl.col("start").is_not_null())
     )
