@@ -9,8 +9,10 @@ Generates benchmark readings with :mod:`minewatch.lab.meters` into a Parquet fil
   definitions, ``groupby`` + per-account ``apply``) on the first ``--pandas-accounts``
   accounts, read with ``pandas.read_parquet``.
 
-It prints readings/s and peak resident memory for both (``ru_maxrss`` of the process, and of
-the largest of the local engine's worker processes), their ratio, and whether the shared
+It prints readings/s (wall clock), readings per CPU second (user + system time of the process
+and its workers, which a busy shared machine distorts less) and peak resident memory for both
+(``ru_maxrss`` of the process, and of the largest of the local engine's worker processes),
+their ratios, and whether the shared
 feature columns agree on a sample. Scoring is a pass over the feature table (one row per
 account) and is not part of the timing.
 
@@ -83,9 +85,11 @@ def _worker(impl: str, path: str, limit: int, chunk: int, workers: int) -> None:
         feats = meters_pandas.account_features(frame)
         n_accounts = len(feats)
     seconds = time.perf_counter() - t0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    # worker processes (local engine with workers > 1): the largest one's peak
-    worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the local engine's worker processes
+    peak_mb = me.ru_maxrss / 1024
+    worker_mb = kids.ru_maxrss / 1024  # the largest worker's peak
+    cpu = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
     print(
         json.dumps(
             {
@@ -95,12 +99,14 @@ def _worker(impl: str, path: str, limit: int, chunk: int, workers: int) -> None:
                 "seconds": seconds,
                 "peak_mb": peak_mb,
                 "worker_mb": worker_mb,
+                "cpu_s": cpu,
             }
         )
     )
 
 
 def _run(impl: str, path: Path, args: argparse.Namespace, limit: int) -> dict:
+    print(f"running {impl} ...", file=sys.stderr, flush=True)
     cmd = [
         sys.executable,
         __file__,
@@ -183,17 +189,23 @@ def main() -> None:
     )
     print(
         f"{'implementation':<16}{'accounts':>12}{'readings':>15}{'seconds':>10}"
-        f"{'readings/s':>14}{'peak MB':>10}{'worker MB':>10}"
+        f"{'readings/s':>14}{'CPU s':>10}{'readings/CPU s':>16}{'peak MB':>10}{'worker MB':>10}"
     )
     for r in results:
         rate = r["rows"] / r["seconds"]
         r["rate"] = rate
         print(
             f"{r['impl']:<16}{r['accounts']:>12,}{r['rows']:>15,}{r['seconds']:>10.1f}"
-            f"{rate:>14,.0f}{r['peak_mb']:>10,.0f}{r['worker_mb']:>10,.0f}"
+            f"{rate:>14,.0f}{r['cpu_s']:>10.1f}{r['rows'] / r['cpu_s']:>16,.0f}"
+            f"{r['peak_mb']:>10,.0f}{r['worker_mb']:>10,.0f}"
         )
+        r["cpu_rate"] = r["rows"] / r["cpu_s"]
     print(
         f"speed-up (readings/s, minewatch / pandas): {results[0]['rate'] / results[1]['rate']:.1f}x"
+    )
+    print(
+        "speed-up (readings per CPU second, minewatch / pandas): "
+        f"{results[0]['cpu_rate'] / results[1]['cpu_rate']:.1f}x"
     )
     print(f"shared feature columns that agree on a sample: {ok}/{total}")
 

@@ -141,7 +141,8 @@ def _sorted_table(table: pa.Table, key: str) -> pa.Table:
 
 def _scan(path: str | os.PathLike[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
     dataset = ds.dataset(str(path), format="parquet")
-    yield from dataset.to_batches(batch_size=batch_rows)
+    # little read-ahead: memory stays bounded by the chunks in flight, not by the scanner
+    yield from dataset.to_batches(batch_size=batch_rows, batch_readahead=2, fragment_readahead=1)
 
 
 def is_ordered(path: str | os.PathLike[str], key: str = KEY) -> bool:
