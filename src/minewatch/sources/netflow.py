@@ -58,6 +58,8 @@ IE_FIRST_UPTIME = 22
 IE_OUT_OCTETS = 23
 IE_OUT_PACKETS = 24
 IE_SRC_V6 = 27
+IE_ICMP_TYPE_CODE = 32
+IE_ICMP6_TYPE_CODE = 139
 IE_DST_V6 = 28
 IE_SAMPLING_INTERVAL = 34
 IE_SAMPLER_ID = 48
@@ -772,7 +774,8 @@ class NetflowDecoder:
             has_ip[:] = False
 
         sport = num((IE_SRC_PORT, 0))
-        dport = num((IE_DST_PORT, 0))
+        # ICMP records carry type * 256 + code instead of ports (as NetFlow v5 and nfdump do).
+        dport = num((IE_DST_PORT, 0), (IE_ICMP_TYPE_CODE, 0), (IE_ICMP6_TYPE_CODE, 0))
         proto = num((IE_PROTO, 0))
         flags = num((IE_TCP_FLAGS, 0))
         octets = num((IE_OCTETS, 0), (IE_FWD_DELTA_OCTETS_ASA, 0), (IE_OCTETS_TOTAL, 0))

@@ -106,7 +106,11 @@ def _canon_json(df: pl.DataFrame, path: Path) -> pl.DataFrame:
         src_ip=pl.coalesce(col("src4_addr"), col("src6_addr")),
         dst_ip=pl.coalesce(col("dst4_addr"), col("dst6_addr")),
         src_port=_int("src_port", df).cast(pl.Int64),
-        dst_port=_int("dst_port", df).cast(pl.Int64),
+        # ICMP has no ports: like NetFlow (and nfdump's CSV), type * 256 + code.
+        dst_port=pl.when(col("icmp_type").is_not_null())
+        .then(_int("icmp_type", df) * 256 + _int("icmp_code", df))
+        .otherwise(_int("dst_port", df))
+        .cast(pl.Int64),
         proto=proto_number(col("proto")),
         packets_up=_int("in_packets", df),
         packets_down=_int("out_packets", df),
