@@ -100,10 +100,10 @@ def test_damaged_rows_are_quarantined(tmp_path: Path) -> None:
     header = "ts,te,td,sa,da,sp,dp,pr,flg,fwd,stos,ipkt,ibyt,opkt,obyt,in,out,ra"
     lines = [
         header,
-        "2024-01-01 00:00:00,2024-01-01 00:01:00,60,10.0.0.1,10.0.0.2,1000,3333,TCP,...AP.S.,0,0,10,900,8,700,0,0,192.0.2.1",
-        "2024-01-01 00:02:00,2024-01-01 00:01:00,-60,10.0.0.1,10.0.0.2,1000,3333,TCP,...AP.S.,0,0,10,900,0,0,0,0,192.0.2.1",
+        "2024-01-01 00:00:00,2024-01-01 00:01:00,60,10.0.0.1,10.0.0.2,1000,3333,TCP,...AP.S.,0,0,10,900,8,700,0,0,192.0.2.1",  # noqa: E501
+        "2024-01-01 00:02:00,2024-01-01 00:01:00,-60,10.0.0.1,10.0.0.2,1000,3333,TCP,...AP.S.,0,0,10,900,0,0,0,0,192.0.2.1",  # noqa: E501
         "garbage,,,,,",
-        "2024-01-01 00:00:00,2024-01-01 00:01:00,60,10.0.0.1,10.0.0.2,1000,99999,UDP,........,0,0,1,90,0,0,0,0,192.0.2.1",
+        "2024-01-01 00:00:00,2024-01-01 00:01:00,60,10.0.0.1,10.0.0.2,1000,99999,UDP,........,0,0,1,90,0,0,0,0,192.0.2.1",  # noqa: E501
         "Summary",
         "flows,bytes,packets,avg_bps,avg_pps,avg_bpp",
         "4,1690,21,0,0,0",
@@ -132,7 +132,7 @@ def test_damaged_rows_are_quarantined(tmp_path: Path) -> None:
 def test_unusable_files_raise_input_error(tmp_path: Path) -> None:
     fake = tmp_path / "nfcapd.202401010000"
     fake.write_bytes(b"\x0c\xa5" + b"\xff" * 100)
-    with pytest.raises(InputError, match="nfdump could not read it|not nfdump JSON output"):
+    with pytest.raises(InputError, match=r"nfdump could not read it|not nfdump JSON output"):
         read_nfdump(fake)
     bad = tmp_path / "x.csv"
     bad.write_text("a,b,c\n1,2,3\n")
