@@ -53,6 +53,15 @@ def read_table(path: str | Path, required: list[str], what: str) -> pl.DataFrame
     return df
 
 
+def _clean_ids(df: pl.DataFrame, key: str) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Drop rows without an id and repeated ids (first kept); say how many."""
+    ok = df.filter(
+        pl.col(key).is_not_null() & (pl.col(key).cast(pl.String).str.strip_chars() != "")
+    )
+    uniq = ok.unique(subset=[key], keep="first", maintain_order=True)
+    return uniq, {"without_id": df.height - ok.height, "repeated_id": ok.height - uniq.height}
+
+
 def run_fuse(
     evidence: list[Path],
     leases: list[Path],
@@ -80,6 +89,8 @@ def run_fuse(
         if "capacity_kva" in accs.columns
         else pl.lit(None, pl.Float64).alias("capacity_kva")
     )
+    subs, subs_dropped = _clean_ids(subs, "subscriber_id")
+    accs, accs_dropped = _clean_ids(accs, "account_id")
     explicit = read_table(links, ["subscriber_id", "account_id"], "links") if links else None
     pol = load_policy(policy)
     lk = link_accounts(subs, accs, explicit)
@@ -94,6 +105,7 @@ def run_fuse(
         },
         "leases": [ld.summary() for ld in loads],
         "policy": pol.source,
+        "table_rows_dropped": {"subscribers": subs_dropped, "accounts": accs_dropped},
         **res.counts,
         "suspects_at_or_above_min_score": int(
             res.suspects.filter(pl.col("score") >= min_score).height

@@ -796,9 +796,16 @@ def _reasons(s: pl.DataFrame, pe: pl.DataFrame) -> pl.DataFrame:
         .then(pl.concat_list(pl.col("consistency_text")))
         .otherwise(pl.lit([], pl.List(pl.String))),
         class_zh=pl.col("subject_class").replace_strict(CLASS_ZH, default="未知"),
-        kwh_day=pl.when(pl.col("added_kw").is_not_null() & (pl.col("added_kw") > 0))
+        # Energy per day: the meter's added load when it fits the hash rate (or no hash
+        # rate is known); otherwise the middle of the power the hash rate implies, so that a
+        # CPU miner in a school is not booked with the school's kitchen.
+        kwh_day=pl.when(pl.col("consistency") == "consistent")
         .then(pl.col("added_kw") * 24)
-        .otherwise(((pl.col("power_kw_lo") * pl.col("power_kw_hi")).sqrt()) * 24)
+        .when(pl.col("power_kw_lo").is_not_null())
+        .then(((pl.col("power_kw_lo") * pl.col("power_kw_hi")).sqrt()) * 24)
+        .when(pl.col("added_kw").is_not_null() & (pl.col("added_kw") > 0))
+        .then(pl.col("added_kw") * 24)
+        .otherwise(None)
         .round(1),
     )
     return s
