@@ -199,3 +199,16 @@ def test_regional_policy_overrides_default(tmp_path) -> None:
     )
     assert (s["a1"]["in_scope"], s["a1"]["action"]) == (False, "monitor")
     assert s["a5"]["action"] == "rectification"  # 上城区 small business: default rule
+
+
+def test_detector_families_follow_what_each_detector_can_know() -> None:
+    from minewatch.fusion.risk import _family_expr
+
+    df = pl.DataFrame(
+        {
+            "detector": ["stratum", "stratum2-shape", "intel", "behavior", "meters.screen", "x"],
+            "source": ["network", "network", "network", "network", "power", "network"],
+        }
+    )
+    fams = df.with_columns(f=_family_expr())["f"].to_list()
+    assert fams == ["stratum", "behavior", "intel", "behavior", "meters", "network"]

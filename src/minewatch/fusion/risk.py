@@ -158,6 +158,8 @@ def _family_expr() -> pl.Expr:
         .then(pl.lit("meters"))
         .when(pl.col("source") == "finance")
         .then(pl.lit("finance"))
+        .when(d.str.contains("shape"))  # Stratum V2 recognised by packet shape only
+        .then(pl.lit("behavior"))
         .when(d.str.contains("stratum|login|submit|scan"))
         .then(pl.lit("stratum"))
         .when(d.str.contains("intel|pool_list|blocklist|dns|sni"))
