@@ -357,3 +357,19 @@ def test_overlapping_leases_are_found(tmp_path: Path) -> None:
     )
     ov = find_overlaps(read_leases(p).leases)
     assert ov.height == 1 and set(ov.row(0)[1:5:3]) == {"s1", "s2"}
+
+
+def test_radius_open_session_with_interims_ends_one_interval_after_the_last(
+    tmp_path: Path,
+) -> None:
+    text = (
+        radius_record("Start", "I", T(0))
+        + radius_record("Interim-Update", "I", T(8), session_time=8 * 3600)
+        + radius_record("Interim-Update", "I", T(16), session_time=16 * 3600)
+        + radius_record("Start", "J", T(10), ip="10.0.0.6", user="bob")
+    )
+    load = read_radius_detail(write(tmp_path, "detail", text))
+    row = load.leases.filter(load.leases["subscriber_id"] == "alice").row(0, named=True)
+    # no Acct-Interim-Interval: the observed 8-hour gap is the interval
+    assert row["end"] == T(0, day=26)
+    assert "start without stop" in row["note"]

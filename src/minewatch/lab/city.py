@@ -25,7 +25,8 @@ Subscribers, addresses and links
 Leases
     Households, shops, cafés and farms dial PPPoE every day at a random time between 02:00 and
     05:00 local time and get a new address from their BRAS pool (RADIUS Start / Stop per
-    session, an Interim-Update on some). A share of them (``cgnat_share``) is behind CGNAT:
+    session; ``interim_share`` of sessions also send an Interim-Update every 8 hours). A share
+    of the households (``cgnat_share``) is behind CGNAT:
     RADIUS gives them a 100.64.0.0/10 address and the CGNAT log a block of ports on a shared
     public address for that session. Offices, schools and government offices have static
     addresses (a canonical lease file). Damage is injected on purpose: one NAS whose clock is
@@ -150,6 +151,7 @@ class CitySpec:
     lost_start_share: float = 0.003
     lost_stop_share: float = 0.003
     unlogged_share: float = 0.002
+    interim_share: float = 0.1
     # finance
     payout_share: float = 0.3
     unrelated_wallets: int = 40
@@ -455,7 +457,28 @@ def _radius_text(
         pl.col("end").alias("t"),
         ((pl.col("end") - pl.col("start")).dt.total_seconds()).cast(pl.Int64).alias("stime"),
     )
-    recs = pl.concat([start_rec, stop_rec, start_rec.filter(pl.col("dup"))], how="vertical_relaxed")
+    # A share of the sessions send an Interim-Update every 8 hours.
+    interim_sel = s.filter(~pl.col("unlogged") & pl.Series(rng.random(n) < spec.interim_share))
+    interims = [
+        interim_sel.with_columns(t=pl.col("start") + pl.duration(hours=8 * k))
+        .filter(pl.col("t") < pl.col("end"))
+        .select(
+            "sid",
+            "subscriber_id",
+            "ip",
+            "nas",
+            "skew",
+            pl.lit(False).alias("dup"),
+            pl.lit("Interim-Update").alias("status"),
+            "t",
+            pl.lit(8 * 3600 * k).alias("stime"),
+        )
+        for k in (1, 2)
+    ]
+    recs = pl.concat(
+        [start_rec, stop_rec, start_rec.filter(pl.col("dup")), *interims],
+        how="vertical_relaxed",
+    )
     recs = recs.sort("t")
     ev = pl.col("t") - pl.duration(seconds=pl.col("skew"))
     text_col = pl.format(

@@ -234,8 +234,9 @@ def read_radius_detail(
     (note ``clock skew corrected``); single records still off by more are timed by the server.
     Duplicates (retransmissions: same session, status, time, IP, user) are rejected.
     Stop without Start: start = stop - Acct-Session-Time (note), rejected without it.
-    Start without Stop: end = last Interim-Update + Acct-Interim-Interval (or
-    ``default_interim_s``) when there was an Interim-Update, cut at the next session on the
+    Start without Stop: end = last Interim-Update + Acct-Interim-Interval (else the widest
+    gap seen between the session's records, else ``default_interim_s``) when there was an
+    Interim-Update, cut at the next session on the
     same IP and at ``max_session_s`` after the start (PPPoE sessions are re-dialled daily or
     every two days); note ``start without stop``.
     """
@@ -400,6 +401,9 @@ def read_radius_detail(
         last_seen=pl.col("t").max(),
         interim=pl.col("interim_s").drop_nulls().first(),
         had_interim=(pl.col("status") == "interim").any(),
+        # Without Acct-Interim-Interval, the widest gap between the session's records is the
+        # NAS's interim interval as observed.
+        gap_s=pl.col("t").sort().diff().dt.total_seconds().max(),
         skew=pl.col("skew_note").drop_nulls().first(),
         n=pl.len(),
         where=pl.col("where").first(),
@@ -419,7 +423,12 @@ def read_radius_detail(
     after_interim = pl.when(pl.col("had_interim")).then(
         pl.col("last_seen")
         + pl.duration(
-            microseconds=(pl.col("interim").fill_null(default_interim_s) * 1e6).cast(pl.Int64)
+            microseconds=(
+                pl.coalesce(pl.col("interim"), pl.col("gap_s").cast(pl.Float64))
+                .fill_null(default_interim_s)
+                .clip(default_interim_s / 4, None)
+                * 1e6
+            ).cast(pl.Int64)
         )
     )
     open_end = pl.min_horizontal(
