@@ -161,6 +161,16 @@ def replay(
     return sent_flows
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        parts = fh.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+CPU: dict[str, list[tuple[int, float]]] = {"minewatch": [], "nfcapd": []}
+
+
 def _taskset(core: int) -> list[str]:
     return (
         ["taskset", "-c", str(core)]
@@ -192,6 +202,7 @@ def run_minewatch(
     try:
         proc.stdout.readline()
         time.sleep(0.3)
+        cpu0 = cpu_seconds(proc.pid)
         sent = replay(datagrams, counts, port, rate, seconds)
         deadline = time.monotonic() + DRAIN_S
         decoded_in_time = 0
@@ -200,10 +211,16 @@ def run_minewatch(
             if decoded_in_time >= sent:
                 break
             time.sleep(0.1)
+        CPU["minewatch"].append((decoded_in_time, cpu_seconds(proc.pid) - cpu0))
     finally:
         proc.send_signal(signal.SIGTERM)
         tail = proc.communicate(timeout=60)[0]
     final = json.loads(tail.strip().splitlines()[-1])
+    late = int(final["decoded"]) - min(decoded_in_time, int(final["decoded"]))
+    print(
+        f"    (minewatch: kernel/backlog drops {final['dropped']}, decoded late {late})",
+        file=sys.stderr,
+    )
     return sent - min(decoded_in_time, int(final["decoded"]))
 
 
@@ -241,8 +258,10 @@ def run_nfcapd(
     )
     try:
         time.sleep(1.0)
+        cpu0 = cpu_seconds(proc.pid)
         sent = replay(datagrams, counts, port, rate, seconds)
         time.sleep(DRAIN_S)
+        cpu = cpu_seconds(proc.pid) - cpu0
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -254,6 +273,7 @@ def run_nfcapd(
         if line.startswith("Flows:"):
             stored = int(line.split(":")[1])
             break
+    CPU["nfcapd"].append((stored, cpu))
     return sent - stored
 
 
@@ -335,7 +355,23 @@ def main() -> None:
             f"  ratio minewatch/nfcapd {mw_best / nf_best if nf_best else float('nan'):.2f}",
             file=sys.stderr,
         )
+        cost = {}
+        for name, samples in CPU.items():
+            flows = sum(f for f, _ in samples)
+            secs = sum(c for _, c in samples)
+            cost[name] = flows / secs if secs else float("nan")
+            print(
+                f"  {name:10s} CPU cost: {secs:.2f} CPU-s for {flows} flows"
+                f" = {cost[name]:,.0f} flows per CPU-second",
+                file=sys.stderr,
+            )
+        load = os.getloadavg()
+        print(
+            f"  load average during the run: {load[0]:.1f} (on {os.cpu_count()} cores)",
+            file=sys.stderr,
+        )
         result = {
+            "load_average_1m": load[0],
             "export_version": args.version,
             "datagrams": len(datagrams),
             "flows_per_datagram": total / max(1, len(datagrams)),
@@ -344,6 +380,8 @@ def main() -> None:
             "minewatch_sustained_flows_s": mw_best,
             "nfcapd_sustained_flows_s": nf_best,
             "collector_ratio": mw_best / nf_best if nf_best else None,
+            "minewatch_flows_per_cpu_s": cost["minewatch"],
+            "nfcapd_flows_per_cpu_s": cost["nfcapd"],
             "steps": mw_steps + nf_steps,
         }
         print(json.dumps(result))
