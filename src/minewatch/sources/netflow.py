@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from minewatch.errors import InputError, Quarantine
 from minewatch.schema import DNS, FLOWS
@@ -205,19 +205,19 @@ class DatagramError(ValueError):
     """A datagram, or the rest of it, that cannot be decoded; the message is the reason."""
 
 
-def _ip4_strings(values: np.ndarray) -> pl.Series:
-    s = pl.Series(values.astype(np.uint32, copy=False))
-    return pl.select(
-        pl.concat_str(
-            [
-                (s // 16777216).cast(pl.Utf8),
-                ((s // 65536) % 256).cast(pl.Utf8),
-                ((s // 256) % 256).cast(pl.Utf8),
-                (s % 256).cast(pl.Utf8),
-            ],
-            separator=".",
-        )
-    ).to_series()
+_OCTETS = pa.array([str(i) for i in range(256)], pa.string())
+
+
+def _ip4_strings(values: np.ndarray) -> pa.Array:
+    """Dotted quads, column-wise: each octet is looked up in a table, then joined."""
+    octets = values.astype(">u4").view(np.uint8).reshape(-1, 4)
+    parts = [_OCTETS.take(pa.array(np.ascontiguousarray(octets[:, i]))) for i in range(4)]
+    out: pa.Array = pc.binary_join_element_wise(*parts, ".")
+    return out
+
+
+def _strings(values: pa.Array | list[str | None]) -> pa.Array:
+    return values if isinstance(values, pa.Array) else pa.array(values, pa.string())
 
 
 def _ip6_strings(raw: np.ndarray) -> list[str | None]:
@@ -747,15 +747,15 @@ class NetflowDecoder:
 
         zeros = np.zeros(n, dtype=np.uint64)
         # Addresses.
-        src_ip: pl.Series | list[str | None]
-        dst_ip: pl.Series | list[str | None]
+        src_ip: pa.Array | list[str | None]
+        dst_ip: pa.Array | list[str | None]
         has_ip = np.ones(n, dtype=bool)
         if (IE_SRC_V4, 0) in cols and cols[(IE_SRC_V4, 0)].shape[1] == 4:
             src_ip = _ip4_strings(_uint(cols[(IE_SRC_V4, 0)]))
             dst_ip = (
                 _ip4_strings(_uint(cols[(IE_DST_V4, 0)]))
                 if (IE_DST_V4, 0) in cols and cols[(IE_DST_V4, 0)].shape[1] == 4
-                else pl.Series([None] * n, dtype=pl.Utf8)
+                else pa.nulls(n, pa.string())
             )
             if (IE_DST_V4, 0) not in cols:
                 has_ip[:] = False
@@ -839,12 +839,8 @@ class NetflowDecoder:
                 "ts_end": pa.array(end_ms.astype("datetime64[ms]")).cast(
                     FLOWS.field("ts_end").type
                 ),
-                "src_ip": pa.array(
-                    src_ip.to_arrow() if isinstance(src_ip, pl.Series) else src_ip, pa.string()
-                ),
-                "dst_ip": pa.array(
-                    dst_ip.to_arrow() if isinstance(dst_ip, pl.Series) else dst_ip, pa.string()
-                ),
+                "src_ip": _strings(src_ip),
+                "dst_ip": _strings(dst_ip),
                 "src_port": pa.array((sport if sport is not None else zeros).astype(np.int32)),
                 "dst_port": pa.array((dport if dport is not None else zeros).astype(np.int32)),
                 "proto": pa.array((proto if proto is not None else zeros).astype(np.int16)),
