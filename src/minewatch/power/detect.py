@@ -40,10 +40,12 @@ How an account is scored
    ``added_load_kw`` and ``since`` come from the same rules, not from the model. An account
    is ``flagged`` when its score reaches the threshold *and* a rule found checkable evidence
    (a step, a base level above the peers', or a raised night minimum).
-7. **Weather rule.** A step that built up gradually while the base started to wander from day
-   to day (see :data:`WEATHER_SHARPNESS`) is what heating does in winter; its probability is
-   capped at :data:`WEATHER_CAP` and the reasons say so. A rig switched on adds a constant: the step
-   is sharp and the day-to-day noise stays as it was.
+7. **Rules over the model.** A step that built up gradually while the base started to wander
+   from day to day (see :data:`WEATHER_SHARPNESS`) is what heating does in winter: its
+   probability is capped at :data:`WEATHER_CAP` and the reasons say so. A rig switched on adds
+   a constant: the step is sharp, persists and leaves the day-to-day noise as it was; such a
+   clear step (see :data:`CLEAR_SHARPNESS`) gets at least :data:`CLEAR_FLOOR`, whatever the
+   scorecard makes of the rest of the account.
 """
 
 from __future__ import annotations
@@ -66,12 +68,23 @@ FLAG_PROBABILITY = 0.5
 #: A base-load step counts as evidence from this t statistic and size (kW) on.
 STEP_MIN_STAT = 5.0
 STEP_MIN_KW = 0.1
-#: Weather rule: a step that built up gradually (less than this share of it within a week of
-#: the date) while the base wanders from day to day (noise ratio above the second constant)
-#: looks like heating, and its probability is capped at :data:`WEATHER_CAP`.
-WEATHER_SHARPNESS = 0.4
-WEATHER_NOISE_RATIO = 1.5
+#: Weather rule: a step that built up gradually (less than ``WEATHER_SHARPNESS[i]`` of it
+#: within a week of the date) while the base wanders from day to day (noise ratio above
+#: ``WEATHER_NOISE_RATIO[i]``), for either pair i, looks like heating; its probability is
+#: capped at :data:`WEATHER_CAP`.
+WEATHER_SHARPNESS = (0.4, 0.6)
+WEATHER_NOISE_RATIO = (1.5, 2.0)
 WEATHER_CAP = 0.05
+#: Clear-step rule: a sharp (``CLEAR_SHARPNESS``), persistent (``CLEAR_PERSIST``) step of at
+#: least ``CLEAR_MIN_KW`` with a t statistic of ``CLEAR_MIN_STAT`` that left the day-to-day
+#: noise as it was (``CLEAR_NOISE_RATIO``) is what switching on a rig looks like; its
+#: probability is raised to at least :data:`CLEAR_FLOOR`.
+CLEAR_SHARPNESS = 0.8
+CLEAR_PERSIST = 0.9
+CLEAR_MIN_KW = 0.5
+CLEAR_MIN_STAT = 20.0
+CLEAR_NOISE_RATIO = 1.5
+CLEAR_FLOOR = 0.9
 #: Standardised terms are clipped to +-Z_CLIP before the scorecard's products are formed.
 Z_CLIP = 4.0
 
@@ -264,7 +277,7 @@ def anomaly_rank(terms: pl.DataFrame, daily: np.ndarray, *, seed: int = 0) -> np
         if idx.size < 50:
             continue
         forest = IsolationForest(
-            n_estimators=200, max_samples=min(1024, idx.size), random_state=seed
+            n_estimators=100, max_samples=min(1024, idx.size), random_state=seed
         )
         forest.fit(x_all[idx])
         raw = -forest.score_samples(x_all[idx])
@@ -502,8 +515,8 @@ def likely_algorithms(added_w: float) -> list[str]:
 
 
 def _hashrates(added_kw: np.ndarray) -> list[list[dict[str, object]] | None]:
-    # One entry per distinct rounded load (few) rather than per account.
-    rounded = np.round(np.nan_to_num(added_kw, nan=0.0), 2)
+    # One entry per distinct load (to the watt) rather than per account.
+    rounded = np.round(np.nan_to_num(added_kw, nan=0.0), 3)
     table: dict[float, list[dict[str, object]] | None] = {}
     for kw in np.unique(rounded):
         watts = float(kw) * 1000.0
@@ -517,6 +530,25 @@ def _hashrates(added_kw: np.ndarray) -> list[list[dict[str, object]] | None]:
 
 
 # --------------------------------------------------------------------------- scoring
+
+
+def rule_checks(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The weather rule and the clear-step rule (see the constants above) per account."""
+    step = pl.col("change_stat") >= STEP_MIN_STAT
+    sharp, noise = pl.col("sharpness"), pl.col("noise_ratio")
+    weather = step & (
+        ((sharp < WEATHER_SHARPNESS[0]) & (noise > WEATHER_NOISE_RATIO[0]))
+        | ((sharp < WEATHER_SHARPNESS[1]) & (noise > WEATHER_NOISE_RATIO[1]))
+    )
+    clear = (
+        (pl.col("change_stat") >= CLEAR_MIN_STAT)
+        & (pl.col("added_kw") >= CLEAR_MIN_KW)
+        & (sharp >= CLEAR_SHARPNESS)
+        & (pl.col("persist") >= CLEAR_PERSIST)
+        & (noise <= CLEAR_NOISE_RATIO)
+    )
+    out = df.select(weather.fill_null(False).alias("w"), clear.fill_null(False).alias("c"))
+    return out.get_column("w").to_numpy(), out.get_column("c").to_numpy()
 
 
 def score(
@@ -549,17 +581,8 @@ def score(
             card = load_scorecard(kind)
             shift = 0.0 if prior is None else _logit_prior(prior) - _logit_prior(card.prevalence)
             logit[mask] = card.logit(x[mask][:, [TERMS.index(t) for t in card.terms]]) + shift
-    weather = (
-        df.select(
-            (
-                (pl.col("change_stat") >= STEP_MIN_STAT)
-                & (pl.col("sharpness") < WEATHER_SHARPNESS)
-                & (pl.col("noise_ratio") > WEATHER_NOISE_RATIO)
-            ).fill_null(False)
-        )
-        .to_series()
-        .to_numpy()
-    )
+    weather, clear = rule_checks(df)
+    logit = np.where(clear, np.maximum(logit, _logit_prior(CLEAR_FLOOR)), logit)
     logit = np.where(weather, np.minimum(logit, _logit_prior(WEATHER_CAP)), logit)
     prob = _sigmoid(logit)
     if labels is not None and labels.num_rows:
