@@ -37,7 +37,7 @@ import dpkt
 from minewatch.sources.netflow import NetflowDecoder
 
 HOST = "127.0.0.1"
-RCVBUF = 212_992  # Linux's default net.core.rmem_default: the same buffer for both receivers
+RCVBUF = 212_992  # socket buffer for both receivers (default: Linux's net.core.rmem_default)
 DRAIN_S = 1.5  # after a step, time a receiver gets to store what it received
 
 
@@ -291,17 +291,21 @@ def ladder(name: str, fn, datagrams, counts, rates, seconds, work) -> tuple[floa
 
 
 def main() -> None:
+    global RCVBUF
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flows", type=int, default=60_000, help="distinct flows in the capture")
     ap.add_argument("--version", type=int, default=9, choices=(5, 9, 10))
     ap.add_argument("--seconds", type=float, default=3.0, help="length of each rate step")
     ap.add_argument("--repeat", type=int, default=3, help="passes for the decoder comparison")
+    ap.add_argument("--rcvbuf", type=int, default=RCVBUF, help="socket buffer of both receivers")
+    ap.add_argument("--receivers", default="minewatch,nfcapd", help="which receivers to run")
     ap.add_argument(
         "--rates",
         default="25000,50000,100000,150000,200000,300000,400000,600000,800000",
         help="comma-separated export rates to try, flows/s",
     )
     args = ap.parse_args()
+    RCVBUF = args.rcvbuf
     for tool in ("softflowd", "nfcapd", "nfdump"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (make debs)")
@@ -337,11 +341,16 @@ def main() -> None:
             f"collector (one core each, {args.seconds:g} s per step, socket buffer {RCVBUF} B)",
             file=sys.stderr,
         )
-        mw_best, mw_steps = ladder(
-            "minewatch", run_minewatch, datagrams, counts, rates, args.seconds, work
+        chosen = args.receivers.split(",")
+        mw_best, mw_steps = (
+            ladder("minewatch", run_minewatch, datagrams, counts, rates, args.seconds, work)
+            if "minewatch" in chosen
+            else (0.0, [])
         )
-        nf_best, nf_steps = ladder(
-            "nfcapd", run_nfcapd, datagrams, counts, rates, args.seconds, work
+        nf_best, nf_steps = (
+            ladder("nfcapd", run_nfcapd, datagrams, counts, rates, args.seconds, work)
+            if "nfcapd" in chosen
+            else (0.0, [])
         )
         print(
             f"  minewatch collect  sustained {mw_best:>10,.0f} flows/s without loss",

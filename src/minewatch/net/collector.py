@@ -193,6 +193,7 @@ class FlowCollector:
         roll_rows: int = 500_000,
         rcvbuf: int = 32 * 1024 * 1024,
         max_backlog: int = 1_000_000,
+        batch_sets: int = 128,
     ) -> None:
         self.host, self.port = host, port
         self.quarantine = quarantine if quarantine is not None else Quarantine()
@@ -210,6 +211,9 @@ class FlowCollector:
         self.registry.register(_Metrics(self))
         self.sock: socket.socket | None = None
         self.max_backlog = max_backlog
+        # Decode in batches of this many data sets (about 4,000 flows from softflowd), so
+        # that no single batch holds the GIL for long while datagrams keep arriving.
+        self.batch_sets = batch_sets
         self.backlog_dropped = 0
         self._backlog: deque[tuple[bytes, str]] = deque()
         self._stopping = threading.Event()
@@ -286,7 +290,10 @@ class FlowCollector:
                 self.quarantine.reject(
                     "collector", exporter, f"decoder error {type(exc).__name__}: {exc}", data
                 )
-        if self.decoder.ready_sets >= 512 or time.monotonic() - self._last_flush >= self.flush_s:
+        if (
+            self.decoder.ready_sets >= self.batch_sets
+            or time.monotonic() - self._last_flush >= self.flush_s
+        ):
             self.flush()
         return n
 
@@ -375,6 +382,10 @@ def serve(
     on_ready: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, int]:
     """Run ``collector`` until SIGINT/SIGTERM (or ``duration_s``); return its counters."""
+
+    # The receiver thread needs the GIL back quickly after each datagram; the default 5 ms
+    # switch interval lets a decoding batch keep it long enough to overflow a small buffer.
+    sys.setswitchinterval(0.0005)
 
     async def main() -> None:
         stop = asyncio.Event()
