@@ -391,7 +391,7 @@ def serve(
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            with contextlib.suppress(RuntimeError, ValueError):
                 loop.add_signal_handler(sig, stop.set)
         if duration_s is not None:
             loop.call_later(duration_s, stop.set)
