@@ -291,13 +291,16 @@ def ladder(name: str, fn, datagrams, counts, rates, seconds, work) -> tuple[floa
 
 
 def main() -> None:
-    global RCVBUF
+    global RCVBUF, DRAIN_S
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flows", type=int, default=60_000, help="distinct flows in the capture")
     ap.add_argument("--version", type=int, default=9, choices=(5, 9, 10))
     ap.add_argument("--seconds", type=float, default=3.0, help="length of each rate step")
     ap.add_argument("--repeat", type=int, default=3, help="passes for the decoder comparison")
     ap.add_argument("--rcvbuf", type=int, default=RCVBUF, help="socket buffer of both receivers")
+    ap.add_argument(
+        "--drain", type=float, default=DRAIN_S, help="seconds a receiver gets after each step"
+    )
     ap.add_argument("--receivers", default="minewatch,nfcapd", help="which receivers to run")
     ap.add_argument(
         "--rates",
@@ -306,6 +309,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     RCVBUF = args.rcvbuf
+    DRAIN_S = args.drain
     for tool in ("softflowd", "nfcapd", "nfdump"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (make debs)")
@@ -338,7 +342,8 @@ def main() -> None:
 
         rates = [float(r) for r in args.rates.split(",")]
         print(
-            f"collector (one core each, {args.seconds:g} s per step, socket buffer {RCVBUF} B)",
+            f"collector (one core each, {args.seconds:g} s per step + {DRAIN_S:g} s to finish,"
+            f" socket buffer {RCVBUF} B)",
             file=sys.stderr,
         )
         chosen = args.receivers.split(",")
