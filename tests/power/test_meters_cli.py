@@ -33,7 +33,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         .drop("interval_s")
         .write_csv()
     )
-    damaged = "h00,2026-03-01T00:00:00Z,-3\nh01,garbage,1\nh02,2026-01-06T01:00:00Z,1.0\n"
+    damaged = "h00,2026-04-01T00:00:00Z,-3\nh01,garbage,1\nh02,2026-01-06T01:00:00Z,1.0\n"
     csv.write_text(text + damaged, encoding="utf-8")
     accounts = d / "accounts.csv"
     accounts.write_text(

@@ -33,8 +33,9 @@ How an account is scored
    and daily-only accounts have separate scorecards.
 5. **Supervised model (optional).** With verified outcomes (``labels``: account id and 0/1),
    a gradient-boosted classifier over the same terms plus the scorecard's log-odds is fitted
-   and calibrated with isotonic regression (5-fold cross-fitting: the labelled accounts get
-   out-of-fold probabilities, the others the average of the fold models).
+   on 5 folds (the labelled accounts get out-of-fold predictions, the others the mean of the
+   fold models) and one isotonic regression from the out-of-fold predictions to the labels
+   turns them into probabilities.
 6. **Reasons** are rule checks a field officer can verify on site (step size and date,
    night minimum before and after, load factor, persistence, peers, contracted capacity); the
    ``added_load_kw`` and ``since`` come from the same rules, not from the model. An account
@@ -52,7 +53,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -345,9 +345,15 @@ def _logit_prior(p: float) -> float:
 def supervised_probability(
     x: np.ndarray, labelled: np.ndarray, y: np.ndarray, *, seed: int = 0
 ) -> np.ndarray:
-    """Calibrated probabilities from verified outcomes (see module docs, step 5)."""
-    from sklearn.calibration import CalibratedClassifierCV
+    """Calibrated probabilities from verified outcomes (see module docs, step 6).
+
+    Gradient-boosted trees are fitted on k folds of the labelled accounts; each labelled
+    account gets the prediction of the model that did not see it, every other account the
+    mean of the fold models. One isotonic regression from those out-of-fold predictions to
+    the labels then maps every raw prediction to a probability.
+    """
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.isotonic import IsotonicRegression
     from sklearn.model_selection import StratifiedKFold
 
     xl, yl = x[labelled], y
@@ -355,21 +361,19 @@ def supervised_probability(
     folds = min(5, n_pos, n_neg)
     if folds < 2:
         raise ValueError("labels need at least two positive and two negative accounts")
-    out = np.zeros(len(x))
+    raw = np.zeros(len(x))
     rest = ~labelled
-    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     lab_idx = np.flatnonzero(labelled)
+    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for train, test in skf.split(xl, yl):
-        base = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, random_state=seed)
-        inner = min(3, int(yl[train].sum()), int((1 - yl[train]).sum()))
-        model: Any = base
-        if inner >= 2:
-            model = CalibratedClassifierCV(base, method="isotonic", cv=inner)
+        model = HistGradientBoostingClassifier(max_iter=100, random_state=seed)
         model.fit(xl[train], yl[train])
-        out[lab_idx[test]] = model.predict_proba(xl[test])[:, 1]
+        raw[lab_idx[test]] = model.predict_proba(xl[test])[:, 1]
         if rest.any():
-            out[rest] += model.predict_proba(x[rest])[:, 1] / folds
-    return out
+            raw[rest] += model.predict_proba(x[rest])[:, 1] / folds
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+    iso.fit(raw[labelled], yl)
+    return np.asarray(iso.predict(raw))
 
 
 # --------------------------------------------------------------------------- reasons

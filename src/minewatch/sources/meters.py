@@ -464,6 +464,17 @@ def _finish(
     meter_col: str | None,
 ) -> pl.DataFrame:
     """Checks shared by every format; returns accepted rows as READINGS columns."""
+    # -- values that are wrong whatever their neighbours (so a bad reading never wins a
+    # duplicate against a good one)
+    if not register:
+        bad = pl.col("_reason").is_null() & pl.col("_kwh").is_not_null()
+        frame = _reject(
+            frame,
+            pl.when(bad & (pl.col("_kwh") < 0))
+            .then(pl.lit("negative energy"))
+            .when(bad & ~pl.col("_kwh").is_finite())
+            .then(pl.lit("non-finite energy")),
+        )
     # -- duplicates: same account and instant; keep the first occurrence in the file
     ok = pl.col("_reason").is_null()
     frame = frame.with_columns(
@@ -478,7 +489,8 @@ def _finish(
             .otherwise(pl.lit("conflicting duplicate reading (first kept)"))
         ),
     )
-    # -- interval per account: median spacing of the accepted readings, snapped
+    # -- interval per account: the most common spacing of its valid readings (ties: the
+    # smaller), snapped; gaps are multiples of it and do not move it
     frame = frame.sort(["_acct", "_ts", "_row"])
     ok = pl.col("_reason").is_null()
     good = frame.filter(ok)
@@ -486,7 +498,7 @@ def _finish(
         good.with_columns(_dt=(pl.col("_ts").diff().over("_acct").dt.total_seconds()))
         .group_by("_acct")
         .agg(
-            _median_dt=pl.col("_dt").filter(pl.col("_dt") > 0).median(),
+            _spacing=pl.col("_dt").filter(pl.col("_dt") > 0).mode().min(),
             _date_only_all=pl.col("_date_only").all(),
         )
     )
@@ -495,19 +507,19 @@ def _finish(
             _given=pl.col(interval_col).cast(pl.Float64, strict=False).median()
         )
         spacing = spacing.join(given, on="_acct", how="left").with_columns(
-            _median_dt=pl.coalesce(["_given", "_median_dt"])
+            _spacing=pl.coalesce(["_given", "_spacing"])
         )
     spacing = spacing.with_columns(
-        _median_dt=pl.when(pl.col("_date_only_all"))
+        _spacing=pl.when(pl.col("_date_only_all"))
         .then(pl.lit(86400.0))
-        .otherwise(pl.col("_median_dt"))
+        .otherwise(pl.col("_spacing"))
     )
-    file_mode = spacing.select(_snap_interval(pl.col("_median_dt")).drop_nulls().mode().first())
+    file_mode = spacing.select(_snap_interval(pl.col("_spacing")).drop_nulls().mode().first())
     fallback = file_mode.item() if file_mode.height else None
     spacing = spacing.with_columns(
-        _interval=pl.when(pl.col("_median_dt").is_null())
+        _interval=pl.when(pl.col("_spacing").is_null())
         .then(pl.lit(fallback, dtype=pl.Int32))
-        .otherwise(_snap_interval(pl.col("_median_dt")))
+        .otherwise(_snap_interval(pl.col("_spacing")))
     )
     frame = frame.join(spacing.select("_acct", "_interval"), on="_acct", how="left")
     frame = _reject(
