@@ -260,17 +260,42 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+def _row_quantiles(x: np.ndarray, qs: tuple[float, ...]) -> list[np.ndarray]:
+    """NaN-aware quantiles of every row at once (linear interpolation, as NumPy's default).
+
+    NumPy's ``nanmedian``/``nanpercentile`` fall back to a Python loop over rows for wide
+    arrays; sorting the whole matrix once (NaN sorts last) keeps this a single C-level pass.
+    """
+    srt = np.sort(x, axis=1)
+    n = (~np.isnan(x)).sum(axis=1)
+    last = np.maximum(n - 1, 0)
+    out = []
+    for q in qs:
+        pos = q * last
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, last)
+        frac = pos - lo
+        a = np.take_along_axis(srt, lo[:, None], axis=1)[:, 0]
+        b = np.take_along_axis(srt, hi[:, None], axis=1)[:, 0]
+        out.append(np.where(n > 0, a + (b - a) * frac, np.nan))
+    return out
+
+
+def _row_median(x: np.ndarray) -> np.ndarray:
+    return _row_quantiles(x, (0.5,))[0]
+
+
 def _mad(d: np.ndarray) -> np.ndarray:
     """Robust standard deviation of each row (NaN-aware MAD x 1.4826)."""
-    med = np.nanmedian(d, axis=1, keepdims=True)
-    return np.asarray(1.4826 * np.nanmedian(np.abs(d - med), axis=1))
+    med = _row_median(d)[:, None]
+    return np.asarray(1.4826 * _row_median(np.abs(d - med)))
 
 
 def _noise(series: np.ndarray) -> np.ndarray:
     """Robust day-to-day noise of each row: MAD of first differences / sqrt(2)."""
     d = np.diff(series, axis=1)
-    med = np.nanmedian(d, axis=1, keepdims=True)
-    mad = np.nanmedian(np.abs(d - med), axis=1)
+    med = _row_median(d)[:, None]
+    mad = _row_median(np.abs(d - med))
     return np.fmax(1.4826 * mad / np.sqrt(2.0), NOISE_FLOOR_KW)
 
 
@@ -316,8 +341,8 @@ def _change_point(series: np.ndarray) -> _Change:
     days = np.arange(d)[None, :]
     after_mask = days >= k[:, None]
     with _quiet():
-        before = np.nanmedian(np.where(~after_mask & valid, series, np.nan), axis=1)
-        after = np.nanmedian(np.where(after_mask & valid, series, np.nan), axis=1)
+        before = _row_median(np.where(~after_mask & valid, series, np.nan))
+        after = _row_median(np.where(after_mask & valid, series, np.nan))
         added = after - before
         mid = before + 0.5 * added
         above = (series > mid[:, None]) & after_mask & valid
@@ -326,12 +351,12 @@ def _change_point(series: np.ndarray) -> _Change:
         kk = np.where(found, k, 0)[:, None]
         idx_b = np.clip(kk + np.arange(-w, 0)[None, :], 0, d - 1)
         idx_a = np.clip(kk + np.arange(0, w)[None, :], 0, d - 1)
-        local = np.nanmedian(np.take_along_axis(series, idx_a, axis=1), axis=1) - np.nanmedian(
-            np.take_along_axis(series, idx_b, axis=1), axis=1
+        local = _row_median(np.take_along_axis(series, idx_a, axis=1)) - _row_median(
+            np.take_along_axis(series, idx_b, axis=1)
         )
         sharp = np.where(np.abs(added) > 1e-9, local / np.where(added == 0, 1, added), np.nan)
         after_vals = np.where(after_mask & valid, series, np.nan)
-        q10, q90 = np.nanpercentile(after_vals, [10, 90], axis=1)
+        q10, q90 = _row_quantiles(after_vals, (0.1, 0.9))
         # Weather-driven loads make the base wander from day to day after the change; a rig
         # adds a constant and leaves the day-to-day noise as it was.
         d = np.diff(series, axis=1)
@@ -424,7 +449,7 @@ def _hourly_part(frame: pl.DataFrame, tz: str) -> pl.DataFrame:
 
         mean_kw = _masked_mean(mat, all_cols)
         peak_kw = _masked_max(mat, all_cols)
-        base_kw = np.nanmedian(base, axis=1)
+        base_kw = _row_median(base)
         lf = _ratio(mean_kw, peak_kw)
         lf_before = _ratio(_masked_mean(mat, before_cols), _masked_max(mat, before_cols))
         lf_after = np.where(
@@ -449,8 +474,8 @@ def _hourly_part(frame: pl.DataFrame, tz: str) -> pl.DataFrame:
             above.sum(axis=1) / np.maximum((after_cols & valid).sum(axis=1), 1),
             np.nan,
         )
-        med_before = np.nanmedian(np.where(before_cols, mat, np.nan), axis=1)
-        med_after = np.nanmedian(np.where(after_cols, mat, np.nan), axis=1)
+        med_before = _row_median(np.where(before_cols, mat, np.nan))
+        med_after = _row_median(np.where(after_cols, mat, np.nan))
         msr = np.where(
             has & (np.abs(ch.added) > 1e-6),
             (med_after - med_before) / np.where(ch.added == 0, 1, ch.added),
@@ -465,7 +490,7 @@ def _hourly_part(frame: pl.DataFrame, tz: str) -> pl.DataFrame:
             "mean_kw": mean_kw,
             "peak_kw": peak_kw,
             "base_kw": base_kw,
-            "night_base_kw": np.nanmedian(night, axis=1),
+            "night_base_kw": _row_median(night),
             "base_noise_kw": ch_all.noise,
             "base_share": _ratio(base_kw, mean_kw),
             "change_series": pl.Series(np.where(use_night, "night", "all_day")).set(
@@ -555,7 +580,7 @@ def _daily_part(frame: pl.DataFrame, tz: str) -> pl.DataFrame:
         all_cols = np.ones_like(valid)
         after_cols = (grid.day[None, :] >= ch.k[:, None]) & has[:, None]
         mean_kw = _masked_mean(mat, all_cols)
-        base_kw = np.nanmedian(mat, axis=1)
+        base_kw = _row_median(mat)
         we = _ratio(
             _masked_mean(mat, grid.weekend[None, :]), _masked_mean(mat, ~grid.weekend[None, :])
         )
