@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -645,3 +646,19 @@ def screen(
     """Features then scores, locally: ``score(account_features(readings), accounts)``."""
     features = account_features(readings, tz=tz)
     return score(features, accounts, labels=labels, prior=prior, threshold=threshold)
+
+
+def screen_record(row: dict[str, Any]) -> dict[str, Any]:
+    """One ``meters screen`` JSON Lines object from a SCORES row: the contract fields
+    (DESIGN.md) first, then the evidence and the implied hash rates per algorithm."""
+    since = row.get("since")
+    return {
+        "account_id": row["account_id"],
+        "score": round(float(row["score"]), 4),
+        "flagged": bool(row["flagged"]),
+        "added_load_kw": row["added_load_kw"],
+        "since": since.date().isoformat() if since is not None else None,
+        "reasons": list(row["reasons"] or []),
+        "evidence": row["evidence"],
+        "hashrate_hs": {h["algo"]: [h["low_hs"], h["high_hs"]] for h in row["hashrate"] or []},
+    }
