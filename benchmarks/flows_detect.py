@@ -1,0 +1,157 @@
+"""``flows detect`` throughput on Parquet beside a plain pandas implementation of the same work.
+
+Builds a FLOWS Parquet file by repeating real flow records (the behaviour training captures
+turned into flows by the packet path and by softflowd, or the shared captures when those are
+not there) with every repetition moved to other client addresses, so each repetition is new
+connections. Then, each in its own process pinned to one core (``POLARS_MAX_THREADS=1``,
+``taskset -c 0`` where available), times:
+
+- minewatch: read the Parquet file, :func:`minewatch.net.behavior.detect` (features, scoring,
+  per-connection verdicts, detection records);
+- baseline: ``benchmarks/flows_detect_pandas.py`` (pandas ``groupby().cumsum()``).
+
+Prints records per second for both, the ratio, and whether both found the same connections.
+
+    python benchmarks/flows_detect.py                # 5 million records
+    python benchmarks/flows_detect.py --records 1e6  # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / ".cache" / "behavior-data"
+SHARED = ROOT.parent / "shared" / "data" / "pcap"
+
+
+def base_records() -> object:
+    import polars as pl
+
+    from minewatch.net.flowagg import aggregate_file
+    from minewatch.schema import FLOWS
+
+    frames = []
+    for cache in sorted(DATA.glob("*/flows-*.parquet")):
+        frames.append(pl.read_parquet(cache).select(FLOWS.names))
+    if not frames:
+        for pcap in sorted(SHARED.glob("*/*.pcap*")):
+            try:
+                t = aggregate_file(pcap, packet_stats=False).flows
+            except Exception:  # a damaged shared capture: skip it, others suffice
+                continue
+            frames.append(pl.from_arrow(t))  # type: ignore[arg-type]
+    return pl.concat(frames, how="vertical_relaxed")
+
+
+def build(path: Path, records: int) -> int:
+    import polars as pl
+
+    base = base_records()
+    assert isinstance(base, pl.DataFrame)
+    reps = max(1, records // base.height)
+    parts = []
+    for i in range(reps):
+        # A new 10.x.y.z client address per repetition keeps connections apart.
+        ip = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        parts.append(
+            base.with_columns(
+                src_ip=pl.when(pl.col("src_port") > pl.col("dst_port"))
+                .then(pl.lit(ip))
+                .otherwise(pl.col("src_ip")),
+                dst_ip=pl.when(pl.col("src_port") > pl.col("dst_port"))
+                .then(pl.col("dst_ip"))
+                .otherwise(pl.lit(ip)),
+            )
+        )
+    big = pl.concat(parts)
+    big.write_parquet(path, row_group_size=1 << 20)
+    return big.height
+
+
+def run_one(which: str, path: Path) -> dict[str, float | int]:
+    if which == "minewatch":
+        import pyarrow.parquet as pq
+
+        from minewatch.net.behavior import default_model, detect
+
+        model = default_model()
+        t = time.perf_counter()
+        table = pq.read_table(path)
+        found = detect(table, model=model)
+        elapsed = time.perf_counter() - t
+        keys = {(r["src_ip"], r["src_port"], r["dst_ip"], r["dst_port"]) for r in found}
+        return {
+            "seconds": elapsed,
+            "rows": table.num_rows,
+            "found": len(keys),
+            "h": hash_keys(keys),
+        }
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from flows_detect_pandas import detect_pandas
+
+    from minewatch.net.behavior import default_model
+
+    model = default_model()
+    t = time.perf_counter()
+    hits = detect_pandas(path, model)
+    elapsed = time.perf_counter() - t
+    keys = {(k[0], k[1], k[2], k[3]) for k in hits}
+    import pyarrow.parquet as pq
+
+    rows = pq.read_metadata(path).num_rows
+    return {"seconds": elapsed, "rows": rows, "found": len(keys), "h": hash_keys(keys)}
+
+
+def hash_keys(keys: set[tuple[object, ...]]) -> int:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(map(repr, keys)):
+        h.update(k.encode())
+    return int(h.hexdigest()[:12], 16)
+
+
+def child(which: str, path: Path) -> dict[str, float | int]:
+    env = dict(os.environ, POLARS_MAX_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    cmd = [sys.executable, __file__, "--child", which, "--path", str(path)]
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", "0", *cmd]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--records", type=float, default=5e6)
+    ap.add_argument("--child", choices=["minewatch", "pandas"])
+    ap.add_argument("--path", type=Path)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(run_one(args.child, args.path)))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "flows.parquet"
+        n = build(path, int(args.records))
+        size = path.stat().st_size / 1e6
+        print(f"{n:,} flow records, {size:.0f} MB Parquet, one core each")
+        mw = child("minewatch", path)
+        pd_ = child("pandas", path)
+    print(f"{'':12}{'seconds':>10}{'records/s':>14}{'connections found':>20}")
+    for name, r in (("minewatch", mw), ("pandas", pd_)):
+        rate = r["rows"] / r["seconds"]
+        print(f"{name:12}{r['seconds']:>10.2f}{rate:>14,.0f}{r['found']:>20,}")
+    print(f"ratio (minewatch / pandas): {pd_['seconds'] / mw['seconds']:.1f}x")
+    print(f"same connections found: {mw['h'] == pd_['h'] and mw['found'] == pd_['found']}")
+
+
+if __name__ == "__main__":
+    main()
