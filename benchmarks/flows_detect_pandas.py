@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from minewatch.net.behavior import CONN_KEY, MIN_PACKETS, MIN_SPAN_S, BehaviorModel
+from minewatch.net.behavior import (
+    CONN_KEY,
+    MAX_UP_BYTES_PER_PACKET,
+    MAX_UP_DOWN_RATIO,
+    MIN_PACKETS,
+    MIN_SPAN_S,
+    BehaviorModel,
+)
 
 
 def detect_pandas(path: Path, model: BehaviorModel) -> set[tuple[object, ...]]:
@@ -82,7 +89,13 @@ def detect_pandas(path: Path, model: BehaviorModel) -> set[tuple[object, ...]]:
     f["disp_up"] = np.log1p(disp(o["NU"], o["PU"], o["PU2"]).clip(0, 50))
     f["disp_down"] = np.log1p(disp(o["ND"], o["PD"], o["PD2"]).clip(0, 50))
     f["log_ppm_up_x_age"] = ppm_up * np.log(age_min.clip(upper=120.0))
-    ok = (o["age_s"] >= MIN_SPAN_S) & (o["PU"] >= MIN_PACKETS) & (o["PD"] >= MIN_PACKETS)
+    ok = (
+        (o["age_s"] >= MIN_SPAN_S)
+        & (o["PU"] >= MIN_PACKETS)
+        & (o["PD"] >= MIN_PACKETS)
+        & (o["BU"] <= MAX_UP_BYTES_PER_PACKET * o["PU"])
+        & (o["BU"] <= MAX_UP_DOWN_RATIO * o["BD"])
+    )
     x = np.nan_to_num(f.loc[ok, list(model.features)].to_numpy(dtype=np.float64))
     conf = model.calibrate(model.raw(x)) if len(x) else np.zeros(0)
     hits = o.loc[ok, key][conf >= model.threshold]

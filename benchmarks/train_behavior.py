@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from sklearn.isotonic import IsotonicRegression
 from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import GroupKFold
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +60,7 @@ DATA = ROOT / ".cache" / "behavior-data"
 MODEL = ROOT / "src" / "minewatch" / "data" / "behavior_model.joblib"
 SHARED_BENIGN = ROOT.parent / "shared" / "data" / "pcap" / "benign"
 WITHIN_S = 600.0
+DEPTH, LEAF = 5, 10
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -119,7 +120,7 @@ def fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> HistGradientBoosti
     neg = w[y == 0].sum()
     sw = np.where(y == 1, w / pos, w / neg)
     clf = HistGradientBoostingClassifier(
-        max_depth=3, max_iter=200, learning_rate=0.08, min_samples_leaf=20, random_state=0
+        max_depth=DEPTH, max_iter=300, learning_rate=0.08, min_samples_leaf=LEAF, random_state=0
     )
     clf.fit(x, y, sample_weight=sw * len(y))
     return clf
@@ -264,7 +265,11 @@ def main() -> None:
     t.add_argument("--model", type=Path, default=MODEL)
     t.add_argument("--folds", type=int, default=6)
     t.add_argument("--min-threshold", type=float, default=0.5)
+    t.add_argument("--depth", type=int, default=DEPTH, help="tree depth")
+    t.add_argument("--leaf", type=int, default=LEAF, help="minimum rows per leaf")
     args = ap.parse_args()
+    if args.cmd == "train":
+        globals().update(DEPTH=args.depth, LEAF=args.leaf)
     if args.cmd == "generate":
         cmd_generate(args)
     else:

@@ -6,6 +6,7 @@ the same capture (the exporter the aggregator imitates).
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 from dataclasses import fields, replace
 from pathlib import Path
@@ -56,9 +57,11 @@ def test_totals_match_tshark_per_connection_and_direction() -> None:
     t = tshark_tcp(XMR)
     tcp = flows.filter(pl.col("proto") == 6)
     assert tcp.height >= 1
-    for r in tcp.group_by("src_ip", "src_port", "dst_ip", "dst_port").agg(
-        pl.col("packets_up", "packets_down", "bytes_up", "bytes_down", "pay_bytes_up").sum()
-    ).iter_rows(named=True):
+    for r in (
+        tcp.group_by("src_ip", "src_port", "dst_ip", "dst_port")
+        .agg(pl.col("packets_up", "packets_down", "bytes_up", "bytes_down", "pay_bytes_up").sum())
+        .iter_rows(named=True)
+    ):
         up = t.filter(
             (pl.col("src") == r["src_ip"])
             & (pl.col("sport") == r["src_port"])
@@ -105,7 +108,7 @@ def test_batch_boundaries_do_not_change_the_records(parts: int) -> None:
     n = len(p.ts_us)
     cuts = np.linspace(0, n, parts + 1).astype(int)
     agg = FlowAggregator(window_s=20.0)
-    out = [agg.add(_slice(p, a, b)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    out = [agg.add(_slice(p, a, b)) for a, b in itertools.pairwise(cuts)]
     out.append(agg.flush())
     got = pl.from_arrow(pa.concat_tables(out))
     ref = pl.from_arrow(aggregate_file(ETH, window_s=20.0).flows)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import random
@@ -453,7 +454,7 @@ def http_polling(peers: Peers, work: Path, port: int, rng: random.Random) -> Non
         cfg.errorlog = None
         shutdown = asyncio.Event()
         server = asyncio.create_task(
-            serve(_asgi_app(stop, hold), cfg, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+            serve(_asgi_app(stop, hold), cfg, shutdown_trigger=shutdown.wait)
         )
         await asyncio.sleep(1.0)
         ctx = ssl.create_default_context(cafile=str(files.cert))
@@ -650,11 +651,11 @@ def generate(
     for v in variants:
         require_loopback(LOOPBACK)
         d = out_root / f"w{wave}-miner-{v.name}"
-        jobs.append((v.name, lambda v=v, d=d: run_miner(d, v, duration)))
+        jobs.append((v.name, functools.partial(run_miner, d, v, duration)))
     for i, name in enumerate(benign):
         d = out_root / f"w{wave}-benign-{i:02d}-{name}"
         s = seed * 1000 + wave * 100 + i
-        jobs.append((name, lambda name=name, d=d, s=s: run_benign(name, d, s, duration)))
+        jobs.append((name, functools.partial(run_benign, name, d, s, duration)))
     entries: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         futures = [(n, pool.submit(fn)) for n, fn in jobs]

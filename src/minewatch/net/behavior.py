@@ -31,7 +31,6 @@ flow records from exporters (NetFlow/IPFIX, softflowd, Zeek, Suricata, nfdump):
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +48,8 @@ MODEL_FILE = "behavior_model.joblib"
 #: A connection is scored only once it has been seen for this long, with traffic both ways.
 MIN_SPAN_S = 50.0
 MIN_PACKETS = 8
+MAX_UP_BYTES_PER_PACKET = 600
+MAX_UP_DOWN_RATIO = 4.0
 #: Running totals stop growing in weight after this much history (minutes); see features.
 CONN_KEY = ("src_ip", "src_port", "dst_ip", "dst_port", "proto")
 
@@ -253,11 +254,18 @@ def default_model() -> BehaviorModel:
 
 
 def eligible() -> pl.Expr:
-    """Rows the model may score: seen long enough, with enough traffic both ways."""
+    """Rows the model may score: seen long enough, with enough traffic both ways, and shaped
+    like submissions at all: a share submission is a few hundred bytes (CryptoNote ~200,
+    Stratum V1 ~150, plus TLS overhead), so a client that sends on average more than
+    :data:`MAX_UP_BYTES_PER_PACKET` per packet, or more than :data:`MAX_UP_DOWN_RATIO` times
+    what it receives, is uploading, not mining. Trees do not extrapolate sensibly outside
+    what they were trained on; these bounds keep them inside it."""
     return (
         (pl.col("age_s") >= MIN_SPAN_S)
         & (pl.col("PU") >= MIN_PACKETS)
         & (pl.col("PD") >= MIN_PACKETS)
+        & (pl.col("BU") <= MAX_UP_BYTES_PER_PACKET * pl.col("PU"))
+        & (pl.col("BU") <= MAX_UP_DOWN_RATIO * pl.col("BD"))
     )
 
 
@@ -612,7 +620,8 @@ class SlidingDetector:
         )
 
     def _expire(self) -> None:
-        now = float(self.state["last_t"].max() or 0.0)
+        top = self.state["last_t"].max()
+        now = float(top) if isinstance(top, (int, float)) else 0.0
         old = pl.col("last_t") < now - self.idle_s
         gone = self.state.filter(old)
         if gone.height:

@@ -29,10 +29,13 @@ from typing import Any
 
 import dpkt
 import numpy as np
+import pyarrow as pa
 
 from minewatch.energy import COIN_ALGO, power_w_range
 from minewatch.errors import InputError
+from minewatch.net.behavior import SlidingDetector
 from minewatch.net.decode import ACK, FIN, RST, SYN, Packets, decode, ip_text
+from minewatch.net.flowagg import FlowAggregator
 from minewatch.net.intel import MINER_PORTS, PoolIntel
 from minewatch.net.sessions import HalfStream, StreamStats, looks_http, take_http, take_lines
 from minewatch.net.stratum import (
@@ -49,6 +52,7 @@ from minewatch.sources.pcap import RawBatch, ReadStats, read_batches
 UNDECIDED_PACKETS = 16
 UNDECIDED_BYTES = 64 * 1024
 SV2_CONFIDENCE = 0.5
+BEHAVIOR_WINDOW_S = 60.0  # flow windows for the behaviour model (minewatch.net.behavior)
 INTEL_ONLY_CONFIDENCE = 0.3
 
 
@@ -203,6 +207,10 @@ class Scanner:
         self._next_sid = 1
         self._last_idle_check = -math.inf
         self._now = 0.0
+        # Behaviour model over per-connection flow windows (TLS and other payload-less mining).
+        self.flowagg = FlowAggregator(BEHAVIOR_WINDOW_S, idle_s, packet_stats=False)
+        self.behavior = SlidingDetector(intel=self.intel, idle_s=max(idle_s, 900.0))
+        self._stratum_keys: set[tuple[str, int, str, int]] = set()
 
     # ---- batches -----------------------------------------------------------------------
 
@@ -219,6 +227,7 @@ class Scanner:
         self._syns(p)
         self._payloads(batch, p)
         self._account(p)
+        self._behavior(self.flowagg.add(p))
         self._close_finished()
         if self._now - self._last_idle_check > 10:
             self._expire_idle()
@@ -231,6 +240,7 @@ class Scanner:
         self.out = []
         for sid in list(self.sessions):
             self._finish(sid)
+        self._behavior(self.flowagg.flush(), final=True)
         return self.out
 
     def run(self, batches: Iterable[RawBatch]) -> list[dict[str, Any]]:
@@ -579,7 +589,34 @@ class Scanner:
             s.announced = True
             self._emit(rec)
 
+    def _behavior(self, records: pa.Table, final: bool = False) -> None:
+        """Score new flow windows; report connections the Stratum reader did not report.
+
+        Live: a connection is reported when the model first reaches its threshold, then again
+        when it ends. Files: once, when it ends (or at the end of input).
+        """
+        found = self.behavior(records) if records.num_rows else []
+        done = self.behavior.expired + (self.behavior.finish() if final else [])
+        self.behavior.expired = []
+        if not found and not done:
+            return
+        for s in self.sessions.values():  # connections the Stratum reader is following
+            if s.mode in ("mining", "sv2") and s.client_dir is not None:
+                c, srv = s.ends[s.client_dir], self._server(s)
+                if srv is not None:
+                    self._stratum_keys.add((c.ip, c.port, srv.ip, srv.port))
+        for rec, is_final in [(r, False) for r in found if self.live] + [(r, True) for r in done]:
+            key = (rec["src_ip"], rec["src_port"], rec["dst_ip"], rec["dst_port"])
+            if key in self._stratum_keys:
+                continue
+            rec["session_id"] = self._next_sid
+            self._next_sid += 1
+            rec["final"] = is_final
+            self._emit(rec)
+
     def _emit(self, rec: dict[str, Any]) -> None:
+        if rec["detector"] != "behavior":  # the behaviour model stays quiet on these
+            self._stratum_keys.add((rec["src_ip"], rec["src_port"], rec["dst_ip"], rec["dst_port"]))
         if rec["final"] and self.passes(rec):
             self.counters.detections += 1  # reported sessions, not lines (live prints two)
         self.out.append(rec)

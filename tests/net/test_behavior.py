@@ -1,0 +1,233 @@
+"""The behaviour model (minewatch.net.behavior) on real traffic.
+
+- real XMRig over TLS (run here for 150 s; the 75 s ``xmrig_tls_capture`` fixture is used for
+  the parity check) is reported by ``minewatch scan``
+  with ``detector: "behavior"``, and by the flow path;
+- the shared benign captures and real benign long-lived traffic made here (mosquitto
+  keepalives, redis pub/sub, an OpenSSH session, a PostgreSQL pool) give no detection;
+- softflowd's NetFlow export of a capture gives the same verdicts as the packet path;
+- the collector's detector hook prints the detection; ``minewatch flows detect`` reads a store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from minewatch.lab.behavior_data import (
+    benign_capture,
+    flows_from_pcap,
+    flows_from_softflowd,
+    softflowd_export,
+)
+from minewatch.lab.xmrig import XmrigSession, capture_xmrig_session, fake_monero_address
+from minewatch.net.behavior import BehaviorModel, SlidingDetector, default_model, detect
+from minewatch.net.collector import FlowCollector, serve
+from minewatch.net.scan import scan_sources
+from minewatch.schema import DETECTION_FIELDS
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "pcap"
+BENIGN = sorted((SHARED / "benign").glob("*.pcap*"))
+#: How long the real benign peers run in this test (the model scores from 50 s on).
+BENIGN_SECONDS = 100.0
+#: How long this module's own XMRig TLS session runs (in parallel with the benign peers).
+MINER_SECONDS = 150.0
+
+
+def scan(pcap: Path) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    reports = scan_sources([str(pcap)], on_detection=found.append)
+    assert reports[0].error is None
+    return found
+
+
+def keys(found: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+    return {(d["src_ip"], d["src_port"], d["dst_ip"], d["dst_port"]) for d in found}
+
+
+def test_model_file_and_its_measured_figures() -> None:
+    m = default_model()
+    assert isinstance(m, BehaviorModel)
+    assert 0.5 <= m.threshold <= 1.0
+    oof = m.meta["measured"]["out_of_fold"]
+    assert oof["mining_connections"] >= 20 and oof["benign_connections"] >= 100
+    assert m.meta["shared_benign_detections"] == []
+
+
+@pytest.mark.miner
+def test_tls_mining_is_reported_by_scan_and_by_the_flow_path(lab_traffic: LabTraffic) -> None:
+    s = lab_traffic.miner
+    found = [d for d in scan(s.pcap) if d["detector"] == "behavior"]
+    assert len(found) == 1, found
+    d = found[0]
+    assert set(DETECTION_FIELDS) <= set(d)
+    assert d["dst_port"] == s.pool_port and d["src_ip"] == "127.0.0.1"
+    assert d["final"] is True
+    assert d["confidence"] >= default_model().threshold
+    assert any("connection open" in r for r in d["reasons"])
+    assert any("client→server" in r for r in d["reasons"])
+    flow_found = detect(flows_from_pcap(s.pcap))
+    assert keys(flow_found) == keys(found)
+
+
+@pytest.mark.miner
+def test_cleartext_mining_is_reported_once_by_the_stratum_reader(
+    xmrig_capture: XmrigSession,
+) -> None:
+    found = scan(xmrig_capture.pcap)
+    assert [d["detector"] for d in found] == ["stratum"]
+
+
+@pytest.mark.miner
+def test_softflowd_export_gives_the_same_verdicts(
+    lab_traffic: LabTraffic, xmrig_tls_capture: XmrigSession, tmp_path: Path
+) -> None:
+    """Same connections reported (and not reported) by both paths, on every real capture."""
+    mined = 0
+    for pcap in [lab_traffic.miner.pcap, xmrig_tls_capture.pcap, *lab_traffic.benign]:
+        by_packets = keys(detect(flows_from_pcap(pcap)))
+        by_exporter = keys(detect(flows_from_softflowd(pcap, tmp_path)))
+        assert by_exporter == by_packets, pcap
+        mined += len(by_packets)
+    assert mined >= 1
+
+
+def test_shared_benign_captures_give_no_flow_detection(tmp_path: Path) -> None:
+    for pcap in BENIGN:
+        assert detect(flows_from_pcap(pcap)) == [], pcap.name
+
+
+@dataclass
+class LabTraffic:
+    benign: list[Path]
+    miner: XmrigSession
+
+
+@pytest.fixture(scope="module")
+def lab_traffic(tmp_path_factory: pytest.TempPathFactory) -> LabTraffic:
+    """Real benign long-lived peers and a real XMRig TLS session, all at once.
+
+    The ``xmrig_tls_capture`` fixture lasts 75 s at difficulty 8; the model needs a little
+    more history than that for such a fast share rate (see docs/behavior-model.md), so this
+    module runs its own TLS miner for ``MINER_SECONDS`` at a pool-like share rate, in parallel
+    with the benign peers to keep the test time down.
+    """
+    root = tmp_path_factory.mktemp("lab")
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(1) as pool:
+        miner = pool.submit(
+            capture_xmrig_session,
+            root / "xmrig-tls",
+            wallet=fake_monero_address("behavior-test"),
+            duration=MINER_SECONDS,
+            difficulty=30,
+            job_interval=20.0,
+            tls=True,
+            keepalive=True,
+        )
+        entries = [
+            stack.enter_context(benign_capture(name, root / name, seed))
+            for seed, name in enumerate(("mqtt", "redis-pubsub", "ssh", "postgres-pool"))
+        ]
+        time.sleep(BENIGN_SECONDS)
+        session = miner.result()
+    return LabTraffic([Path(e["pcap"]) for e in entries], session)
+
+
+@pytest.mark.miner
+def test_real_benign_long_lived_traffic_gives_no_detection(
+    lab_traffic: LabTraffic, tmp_path: Path
+) -> None:
+    long_lived = 0
+    for pcap in lab_traffic.benign:
+        assert scan(pcap) == [], pcap
+        flows = flows_from_pcap(pcap)
+        assert detect(flows) == [], pcap
+        assert detect(flows_from_softflowd(pcap, tmp_path)) == [], pcap
+        t = flows.to_pylist()
+        long_lived += len({(r["src_port"], r["dst_port"]) for r in t if r["proto"] == 6})
+    assert long_lived >= 8  # the peers did hold connections open
+
+
+@pytest.mark.miner
+def test_collector_prints_the_detection(lab_traffic: LabTraffic, tmp_path: Path) -> None:
+    miner = lab_traffic.miner
+    raw = softflowd_export(miner.pcap, tmp_path / "export.nf9")
+    from minewatch.sources.netflow import split_datagrams
+
+    datagrams = [d for _, d in split_datagrams(raw.read_bytes())]
+    assert datagrams
+    out = StringIO()
+    coll = FlowCollector("127.0.0.1", 0, detector=SlidingDetector(), emit=out, flush_s=0.1)
+    ready = threading.Event()
+    port: list[int] = []
+
+    def on_ready(info: dict[str, Any]) -> None:
+        port.append(int(info["listen"].rsplit(":", 1)[1]))
+        ready.set()
+
+    t = threading.Thread(target=lambda: serve(coll, duration_s=6.0, on_ready=on_ready))
+    t.start()
+    assert ready.wait(5)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for d in datagrams:
+            s.sendto(d, ("127.0.0.1", port[0]))
+    sent = time.monotonic()
+    seen = None
+    while time.monotonic() - sent < 5 and seen is None:
+        lines = [json.loads(x) for x in out.getvalue().splitlines() if x.strip()]
+        seen = next((x for x in lines if x["detector"] == "behavior"), None)
+        time.sleep(0.05)
+    t.join(10)
+    assert seen is not None, out.getvalue()
+    assert seen["dst_port"] == miner.pool_port
+
+
+@pytest.mark.miner
+def test_flows_detect_cli_on_an_ingested_store(lab_traffic: LabTraffic, tmp_path: Path) -> None:
+    miner = lab_traffic.miner
+    raw = softflowd_export(miner.pcap, tmp_path / "export.nf9")
+    cli = [sys.executable, "-m", "minewatch"]
+    store = tmp_path / "store"
+    ing = subprocess.run([*cli, "flows", "ingest", str(raw), "--into", str(store)], text=True,
+                         capture_output=True, check=True)  # fmt: skip
+    assert json.loads(ing.stdout)["accepted"] > 0
+    det = subprocess.run([*cli, "flows", "detect", str(store)], text=True, capture_output=True)
+    assert det.returncode == 0, det.stderr
+    rows = [json.loads(x) for x in det.stdout.splitlines()]
+    assert [r["detector"] for r in rows] == ["behavior"]
+    assert rows[0]["dst_port"] == miner.pool_port
+
+
+def test_flows_detect_cli_bad_input(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00\x01 not flows at all")
+    cli = [sys.executable, "-m", "minewatch", "flows", "detect"]
+    for arg in (str(junk), str(tmp_path / "missing")):
+        r = subprocess.run([*cli, arg], text=True, capture_output=True)
+        assert r.returncode == 2 and "unusable input" in r.stderr
+        assert r.stdout == ""
+
+
+def test_sliding_detector_matches_the_batch_function() -> None:
+    """Fed record by record, the live detector reports what the batch function reports."""
+    pcap = SHARED / "mining" / "xmr.suprnova.cc.pcapng"
+    flows = flows_from_pcap(pcap)
+    model = default_model()
+    batch = keys(detect(flows, model=model, threshold=0.0))
+    live = SlidingDetector(model=model, threshold=0.0)
+    seen: list[dict[str, Any]] = []
+    for i in range(flows.num_rows):
+        seen.extend(live(flows.slice(i, 1)))
+    assert keys(seen) == batch
