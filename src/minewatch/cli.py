@@ -281,6 +281,50 @@ def _flows_ingest(
     typer.echo(json.dumps(summary))
 
 
+@flows_app.command("detect")
+def _flows_detect(
+    sources: list[str] = typer.Argument(
+        ..., help="Flow stores (from `flows ingest`), Parquet files, or files ingest reads."
+    ),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl (default) or table."),
+    intel: list[Path] = typer.Option([], "--intel", help="Pool list; repeatable."),
+    no_default_intel: bool = typer.Option(
+        False, "--no-default-intel", help="Do not use the curated pool list shipped with minewatch."
+    ),
+    threshold: float = typer.Option(
+        None, "--threshold", help="Alert threshold (default: the model's own, see its data card)."
+    ),
+) -> None:
+    """Behaviour model over flow records; one JSON line per mining connection on stdout."""
+    import json
+
+    from minewatch.errors import InputError, Quarantine
+    from minewatch.net.behavior import detect, read_flow_inputs
+    from minewatch.net.intel import PoolIntel
+    from minewatch.sources.intel import load_list
+
+    if fmt not in ("jsonl", "table"):
+        err_console.print("--format must be jsonl or table")
+        raise typer.Exit(2)
+    q = Quarantine()
+    try:
+        pool_intel = PoolIntel([load_list(p, q) for p in intel], with_default=not no_default_intel)
+        inputs = read_flow_inputs(sources, q)
+    except InputError as exc:
+        err_console.print(f"unusable input: {exc}")
+        raise typer.Exit(2) from exc
+    found = detect(inputs.flows, dns=inputs.dns, intel=pool_intel, threshold=threshold)
+    if fmt == "table":
+        _render_detections(found, "mining connections (behaviour)", to_stdout=True)
+    else:
+        for rec in found:
+            typer.echo(json.dumps(rec, ensure_ascii=False))
+    err_console.print(
+        f"{inputs.flows.num_rows} flow records from {len(inputs.sources)} input(s), "
+        f"{q.total} rejected; {len(found)} mining connection(s)"
+    )
+
+
 @app.command("collect")
 def _collect(
     listen: str = typer.Option("127.0.0.1:2055", "--listen", help="HOST:PORT for UDP exports."),
@@ -306,7 +350,17 @@ def _collect(
         err_console.print(f"bad address: {exc}")
         raise typer.Exit(2) from exc
     qpath = Path(quarantine) if quarantine else (Path(out) / "quarantine.jsonl" if out else None)
-    coll = FlowCollector(host, port, out=out, quarantine=Quarantine(qpath), roll_s=roll_s)
+    from minewatch.net.behavior import SlidingDetector
+    from minewatch.net.intel import PoolIntel
+
+    coll = FlowCollector(
+        host,
+        port,
+        out=out,
+        quarantine=Quarantine(qpath),
+        roll_s=roll_s,
+        detector=SlidingDetector(intel=PoolIntel()),
+    )
     try:
         counters = serve(
             coll,
