@@ -39,6 +39,12 @@ def _root(
     """minewatch: joins what the operator sees with what the utility sees."""
 
 
+def _wide_console(stderr: bool = False) -> Console:
+    """A console for tables: the terminal's width, or 200 columns when piped or logged."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=200)
+
+
 def _render_detections(rows: list[dict[str, Any]], title: str, to_stdout: bool) -> None:
     from rich.table import Table
 
@@ -65,10 +71,14 @@ def _render_detections(rows: list[dict[str, Any]], title: str, to_stdout: bool) 
             format_rate(r["hashrate_hs"], r.get("algo")) if r.get("hashrate_hs") else "-",
             f"{pw[0]:.0f}-{pw[1]:.0f}" if pw else "-",
         )
-    console = Console(stderr=not to_stdout)
-    if not console.is_terminal:
-        console = Console(stderr=not to_stdout, width=200)
-    console.print(table)
+    _wide_console(stderr=not to_stdout).print(table)
+
+
+def _demo_why(reasons: list[str]) -> str:
+    """The first reason, and the first one about power when it is not the same."""
+    power = next((x for x in reasons if "kW" in x), None)
+    picked = reasons[:1] + ([power] if power and power not in reasons[:1] else [])
+    return "; ".join(picked)
 
 
 @app.command("demo")
@@ -79,7 +89,7 @@ def _demo(
     from minewatch.lab.demo import run_network_stage
 
     net = run_network_stage(out)
-    console = Console()
+    console = _wide_console()
     console.rule("[bold]1. Network: packet-level mining detection[/bold]")
     console.print(f"capture: {net.files['capture']} (generated access-network traffic)")
     _render_detections(net.detections, "mining sessions (minewatch scan)", to_stdout=True)
@@ -89,6 +99,48 @@ def _demo(
             f"{net.weak_leads[0]['pool_host']}: {net.weak_leads[0]['reasons'][0]}"
         )
     console.print(f"written: {net.files['detections']}")
+
+    from rich.table import Table
+
+    from minewatch.lab.demo import run_power_and_fusion_stage
+
+    fu = run_power_and_fusion_stage(out)
+    console.rule("[bold]2. Power: meter screening of a synthetic city[/bold]")
+    flagged = sorted((r for r in fu.screened if r["flagged"]), key=lambda r: -r["score"])
+    t2 = Table(title=f"{len(flagged)} of {len(fu.screened)} meters flagged (top 10)")
+    for col in ("account", "score", "added kW", "since", "reasons"):
+        t2.add_column(col)
+    for r in flagged[:10]:
+        t2.add_row(
+            r["account_id"],
+            f"{r['score']:.2f}",
+            f"{r['added_load_kw']:.2f}",
+            r["since"] or "-",
+            "; ".join(r["reasons"][:2]),
+        )
+    console.print(t2)
+
+    console.rule("[bold]3. Fusion: monitoring list of suspect premises[/bold]")
+    t3 = Table(title="monitoring list (top 15) 监测清单")
+    for col in ("#", "premises", "region", "class", "score", "net/power", "action", "why"):
+        t3.add_column(col)
+    for r in fu.suspects[:15]:
+        t3.add_row(
+            str(r["rank"]),
+            str(r["premises_id"]),
+            str(r.get("region") or "-"),
+            str(r.get("subject_class") or "-"),
+            f"{r['score']:.2f}",
+            f"{r.get('score_network') or 0:.2f}/{r.get('score_power') or 0:.2f}",
+            str(r.get("action_en") or r.get("action") or "-"),
+            _demo_why(r.get("reasons") or []),
+        )
+    console.print(t3)
+    hit, k = fu.truth_top
+    console.print(f"ground truth of the synthetic city: {hit} of the top {k} really mine")
+    for name in ("monitoring_list.xlsx", "monitoring_list.csv", "stats", "suspects"):
+        if name in fu.files:
+            console.print(f"written: {fu.files[name]}")
 
 
 @app.command("scan")
@@ -414,21 +466,6 @@ meters_app = typer.Typer(help="Screen meter data for mining load.", no_args_is_h
 app.add_typer(meters_app, name="meters")
 
 
-def _meter_row(row: dict[str, Any]) -> dict[str, Any]:
-    """One JSON Lines object: the contract fields first, then the implied hash rates."""
-    since = row.get("since")
-    return {
-        "account_id": row["account_id"],
-        "score": round(float(row["score"]), 4),
-        "flagged": bool(row["flagged"]),
-        "added_load_kw": row["added_load_kw"],
-        "since": since.date().isoformat() if since is not None else None,
-        "reasons": list(row["reasons"] or []),
-        "evidence": row["evidence"],
-        "hashrate_hs": {h["algo"]: [h["low_hs"], h["high_hs"]] for h in row["hashrate"] or []},
-    }
-
-
 @meters_app.command("screen")
 def _meters_screen(
     readings: Path = typer.Argument(..., help="Meter data: long CSV/Parquet or SGCC wide CSV."),
@@ -491,7 +528,9 @@ def _meters_screen(
         from minewatch.power.detect import screen
 
         scores = screen(data.readings, acc, tz=tz, labels=lab, threshold=threshold)
-    rows = [_meter_row(r) for r in scores.to_pylist() if all_accounts or r["flagged"]]
+    from minewatch.power.detect import screen_record
+
+    rows = [screen_record(r) for r in scores.to_pylist() if all_accounts or r["flagged"]]
     if fmt == "table":
         from rich.table import Table
 
