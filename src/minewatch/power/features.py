@@ -46,7 +46,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -118,32 +118,76 @@ def account_features(readings: pa.Table, *, tz: str = "UTC") -> pa.Table:
     if frame.height == 0:
         return FEATURES.empty_table()
     frame = frame.select("account_id", "ts", "kwh", "interval_s").filter(
-        pl.col("kwh").is_not_null() & pl.col("account_id").is_not_null()
+        pl.col("kwh").is_not_null()
+        & pl.col("account_id").is_not_null()
+        & pl.col("ts").is_not_null()
     )
-    usual = frame.group_by("account_id").agg(
-        _iv=pl.col("interval_s").mode().min(),
-        first_ts=pl.col("ts").min(),
-        last_ts=pl.col("ts").max(),
-    )
-    frame = frame.join(usual.select("account_id", "_iv"), on="account_id").filter(
-        pl.col("interval_s") == pl.col("_iv")
-    )
+    if frame.height == 0:
+        return FEATURES.empty_table()
+    if not frame.get_column("account_id").is_sorted():
+        # rows in account and time order, so that sums into hours add up in the same order
+        # (and give the same bits) however the input was ordered
+        frame = frame.sort("account_id", "ts", maintain_order=True)
+    acc = _Accounts.of(frame)
+    keep = acc.usual_iv[acc.code] == acc.iv
     parts = []
-    fine = frame.filter(pl.col("_iv") < 86400)
-    if fine.height:
-        parts.append(_hourly_part(fine, tz))
-    daily = frame.filter(pl.col("_iv") >= 86400)
-    if daily.height:
-        parts.append(_daily_part(daily, tz))
+    fine = keep & (acc.iv < 86400)
+    if fine.any():
+        parts.append(_hourly_part(acc, fine, frame.get_column("kwh").to_numpy(), tz))
+    daily = keep & (acc.iv >= 86400)
+    if daily.any():
+        parts.append(_daily_part(frame.filter(pl.Series(daily)), tz))
     if not parts:
         return FEATURES.empty_table()
-    out = pl.concat(parts, how="diagonal_relaxed").join(
-        usual.rename({"_iv": "interval_s"}), on="account_id", how="left"
+    usual = pl.DataFrame(
+        {
+            "account_id": acc.ids,
+            "interval_s": pl.Series(acc.usual_iv, dtype=pl.Int32),
+            "first_ts": pl.Series(acc.first_us, dtype=pl.Datetime("us", "UTC")),
+            "last_ts": pl.Series(acc.last_us, dtype=pl.Datetime("us", "UTC")),
+        }
     )
+    out = pl.concat(parts, how="diagonal_relaxed").join(usual, on="account_id", how="left")
     floats = [f.name for f in FEATURES if pa.types.is_float64(f.type)]
     out = out.with_columns([pl.col(c).cast(pl.Float64).round(6).fill_nan(None) for c in floats])
     out = out.select(FEATURES.names).sort("account_id")
     return out.to_arrow().cast(FEATURES)
+
+
+@dataclass
+class _Accounts:
+    """Readings sorted by account as NumPy columns, with an integer index per account."""
+
+    ids: pl.Series  # account ids, sorted
+    code: np.ndarray  # per reading: index into ids
+    ts_us: np.ndarray  # per reading: end of the interval, microseconds since the epoch (UTC)
+    iv: np.ndarray  # per reading: interval_s (-1 where null)
+    usual_iv: np.ndarray  # per account: the most common interval (smallest on ties; -1: none)
+    first_us: np.ndarray  # per account: first and last ts
+    last_us: np.ndarray
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame) -> _Accounts:
+        col = frame.get_column("account_id")
+        if not col.is_sorted():
+            raise ValueError("readings must be sorted by account_id")
+        code = col.rle_id().to_numpy().astype(np.int64)
+        ids = col.filter(pl.Series(np.r_[True, code[1:] != code[:-1]]))
+        n = len(ids)
+        ts = frame.get_column("ts").dt.epoch("us").to_numpy()
+        iv = frame.get_column("interval_s").fill_null(-1).to_numpy().astype(np.int64)
+        first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+        last = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+        np.minimum.at(first, code, ts)
+        np.maximum.at(last, code, ts)
+        values = np.sort(pl.Series(iv).unique().to_numpy())
+        iv_index = np.searchsorted(values, iv)
+        tally = np.bincount(code * len(values) + iv_index, minlength=n * len(values)).reshape(
+            n, len(values)
+        )
+        tally[:, values < 0] = 0  # a null interval is never the usual one
+        usual = np.where(tally.any(axis=1), values[np.argmax(tally, axis=1)], -1)
+        return cls(ids, code, ts, iv, usual, first, last)
 
 
 # --------------------------------------------------------------------------- matrices
@@ -412,18 +456,53 @@ def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- hourly accounts
 
 
-def _hourly_part(frame: pl.DataFrame, tz: str) -> pl.DataFrame:
-    hours = (
-        frame.with_columns(
-            _slot=(
-                pl.col("ts") - pl.duration(seconds=pl.col("interval_s").cast(pl.Int64))
-            ).dt.truncate("1h")
-        )
-        .group_by("account_id", "_slot")
-        .agg(_kwh=pl.col("kwh").sum(), _n=pl.len(), _iv=pl.col("_iv").first())
-        .filter(pl.col("_n") * pl.col("_iv") >= 3600)
-    )
-    ids, mat, grid = _matrix(hours, "_slot", "_kwh", 3600, tz)
+def _hour_matrix(
+    acc: _Accounts, rows: np.ndarray, kwh: np.ndarray, tz: str
+) -> tuple[pl.Series, np.ndarray, _Grid]:
+    """Accounts × clock hours of average power (kW) from the readings selected by ``rows``.
+
+    Each reading goes to the UTC clock hour in which its interval starts; an hour's energy is
+    the sum of its readings, and the hour counts only when those cover all of it (readings ×
+    interval ≥ 3600 s). One ``bincount`` over ``account index × hours + hour`` does the sums
+    and the counts; accounts without a complete hour are left out.
+    """
+    hour_us = 3_600_000_000
+    code = acc.code[rows]
+    iv = acc.iv[rows]
+    slot = (acc.ts_us[rows] - iv * 1_000_000) // hour_us  # floor: hours since the epoch
+    used = np.zeros(len(acc.ids), dtype=bool)
+    used[code] = True
+    code = (np.cumsum(used) - 1)[code]
+    n = int(used.sum())
+    h0 = int(slot.min())
+    width = int(slot.max()) - h0 + 1
+    cell = code * width + (slot - h0)
+    sums = np.bincount(cell, weights=kwh[rows], minlength=n * width).reshape(n, width)
+    counts = np.bincount(cell, minlength=n * width).reshape(n, width)
+    complete = counts * acc.usual_iv[used][:, None] >= 3600
+    keep = complete.any(axis=1)
+    hours = np.flatnonzero(complete.any(axis=0))
+    ids = acc.ids.filter(pl.Series(used)).filter(pl.Series(keep))
+    if not len(hours):
+        return ids, np.empty((0, 0)), _local_grid(_utc(h0 * hour_us), _utc(h0 * hour_us), 3600, tz)
+    lo, hi = int(hours[0]), int(hours[-1])
+    grid = _local_grid(_utc((h0 + lo) * hour_us), _utc((h0 + hi) * hour_us), 3600, tz)
+    start_us = int(grid.start_utc.astype("datetime64[us]").astype(np.int64))
+    j0 = ((h0 + lo) * hour_us - start_us) // 1_000_000 // 3600
+    mat = np.full((len(ids), len(grid.day)), np.nan, dtype=np.float64)
+    block = slice(lo, hi + 1)
+    mat[:, j0 : j0 + hi - lo + 1] = np.where(complete[keep, block], sums[keep, block], np.nan)
+    return ids, mat, grid
+
+
+def _utc(us: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+
+
+def _hourly_part(acc: _Accounts, rows: np.ndarray, kwh: np.ndarray, tz: str) -> pl.DataFrame:
+    ids, mat, grid = _hour_matrix(acc, rows, kwh, tz)
+    if not len(ids):
+        return pl.DataFrame({"account_id": ids})
     valid = ~np.isnan(mat)
     with _quiet():
         day_min, day_counts = _day_reduce(mat, grid, "min")
