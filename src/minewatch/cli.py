@@ -525,9 +525,13 @@ def _meters_screen(
             session.stop()
         scores = score(feats, acc, labels=lab, threshold=threshold)
     else:
-        from minewatch.power.detect import screen
+        from minewatch.engines import local as local_engine
+        from minewatch.power.detect import score
 
-        scores = screen(data.readings, acc, tz=tz, labels=lab, threshold=threshold)
+        # features chunk by chunk of whole accounts (memory of the accounts x hours matrices
+        # bounded by the chunk), then one scoring pass over all accounts' features
+        feats = local_engine.features(data.readings, tz=tz)
+        scores = score(feats, acc, labels=lab, threshold=threshold)
     from minewatch.power.detect import screen_record
 
     rows = [screen_record(r) for r in scores.to_pylist() if all_accounts or r["flagged"]]
