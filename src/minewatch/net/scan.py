@@ -209,7 +209,9 @@ class Scanner:
         self._now = 0.0
         # Behaviour model over per-connection flow windows (TLS and other payload-less mining).
         self.flowagg = FlowAggregator(BEHAVIOR_WINDOW_S, idle_s, packet_stats=False)
-        self.behavior = SlidingDetector(intel=self.intel, idle_s=max(idle_s, 900.0))
+        self.behavior = SlidingDetector(
+            intel=self.intel, idle_s=max(idle_s, 900.0), every_record=live
+        )
         self._stratum_keys: set[tuple[str, int, str, int]] = set()
 
     # ---- batches -----------------------------------------------------------------------
