@@ -31,6 +31,7 @@ flow records from exporters (NetFlow/IPFIX, softflowd, Zeek, Suricata, nfdump):
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,7 +45,8 @@ import pyarrow as pa
 
 from minewatch.net.intel import MINER_PORTS, PoolIntel
 
-MODEL_FILE = "behavior_model.joblib"
+MODEL_FILE = "behavior_model.joblib"  # the training artefact (scikit-learn, pickled)
+TREES_FILE = "behavior_model.npz"  # the same trees as plain arrays, read without scikit-learn
 #: A connection is scored only once it has been seen for this long, with traffic both ways.
 MIN_SPAN_S = 50.0
 MIN_PACKETS = 8
@@ -171,6 +173,84 @@ def connection_features(flows: pa.Table | pa.RecordBatch | pl.DataFrame) -> pl.D
 
 
 @dataclass
+class TreeEnsemble:
+    """A fitted binary gradient-boosted tree ensemble as NumPy arrays, evaluated without
+    scikit-learn: importing scikit-learn and SciPy costs ~1.8 s, more than scoring a whole
+    capture. Every tree is padded to the same node count; a row walks all trees at once,
+    one level per step (``depth`` steps), as scikit-learn's predictor decides: missing
+    values follow ``missing_left``, otherwise ``x <= threshold`` goes left."""
+
+    feature: np.ndarray  # (trees, nodes) int
+    threshold: np.ndarray  # (trees, nodes) float
+    left: np.ndarray  # (trees, nodes) int
+    right: np.ndarray  # (trees, nodes) int
+    leaf: np.ndarray  # (trees, nodes) bool
+    value: np.ndarray  # (trees, nodes) float: the leaf's raw score
+    missing_left: np.ndarray  # (trees, nodes) bool
+    baseline: float
+    depth: int
+
+    @classmethod
+    def from_sklearn(cls, est: Any) -> TreeEnsemble:
+        """From a fitted binary HistGradientBoostingClassifier (numerical features)."""
+        trees = [p[0].nodes for p in est._predictors]
+        if any(t["is_categorical"].any() for t in trees):
+            raise ValueError("categorical splits are not supported by the array evaluator")
+        n = max(len(t) for t in trees)
+
+        def pad(name: str, dtype: Any, fill: Any) -> np.ndarray:
+            out = np.full((len(trees), n), fill, dtype=dtype)
+            for i, t in enumerate(trees):
+                out[i, : len(t)] = t[name]
+            return out
+
+        return cls(
+            feature=pad("feature_idx", np.int64, 0),
+            threshold=pad("num_threshold", np.float64, 0.0),
+            left=pad("left", np.int64, 0),
+            right=pad("right", np.int64, 0),
+            leaf=pad("is_leaf", bool, True),
+            value=pad("value", np.float64, 0.0),
+            missing_left=pad("missing_go_to_left", bool, False),
+            baseline=float(np.ravel(est._baseline_prediction)[0]),
+            depth=int(max(int(t["depth"].max()) for t in trees)) + 1,
+        )
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Probability of the positive class for each row of ``x``."""
+        n = x.shape[0]
+        t = np.arange(self.feature.shape[0])[:, None]
+        rows = np.arange(n)[None, :]
+        node = np.zeros((self.feature.shape[0], n), dtype=np.int64)
+        for _ in range(self.depth):
+            v = x[rows, self.feature[t, node]]
+            go_left = np.where(
+                np.isnan(v), self.missing_left[t, node], v <= self.threshold[t, node]
+            )
+            nxt = np.where(go_left, self.left[t, node], self.right[t, node])
+            node = np.where(self.leaf[t, node], node, nxt)
+        raw = self.baseline + self.value[t, node].sum(axis=0)
+        return np.asarray(1.0 / (1.0 + np.exp(-raw)))
+
+    _KEYS = ("feature", "threshold", "left", "right", "leaf", "value", "missing_left")
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays under ``tree_``-prefixed names (for an .npz file)."""
+        out = {f"tree_{k}": getattr(self, k) for k in self._KEYS}
+        out["tree_baseline"] = np.array([self.baseline])
+        out["tree_depth"] = np.array([self.depth])
+        return out
+
+    @classmethod
+    def from_arrays(cls, a: Any) -> TreeEnsemble:
+        return cls(
+            **{k: np.asarray(a[f"tree_{k}"]) for k in cls._KEYS},
+            baseline=float(a["tree_baseline"][0]),
+            depth=int(a["tree_depth"][0]),
+        )
+
+
+@dataclass
 class BehaviorModel:
     """A gradient-boosted tree classifier plus isotonic calibration (joblib file).
 
@@ -187,9 +267,28 @@ class BehaviorModel:
     iso_y: np.ndarray
     threshold: float
     meta: dict[str, Any] = field(default_factory=dict)
+    trees: TreeEnsemble | None = None
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> BehaviorModel:
+        """The shipped model (its array form, no scikit-learn needed), or a joblib file."""
+        if path is None:
+            ref = resources.files("minewatch.data").joinpath(TREES_FILE)
+            with resources.as_file(ref) as p, np.load(p, allow_pickle=False) as a:
+                meta = json.loads(str(a["meta"][0]))
+                return cls(
+                    features=tuple(str(f) for f in a["features"]),
+                    estimator=None,
+                    iso_x=np.asarray(a["iso_x"], dtype=np.float64),
+                    iso_y=np.asarray(a["iso_y"], dtype=np.float64),
+                    threshold=float(a["threshold"][0]),
+                    meta=meta,
+                    trees=TreeEnsemble.from_arrays(a),
+                )
+        return cls.load_joblib(path)
+
+    @classmethod
+    def load_joblib(cls, path: str | Path | None = None) -> BehaviorModel:
         import joblib
         import sklearn
 
@@ -230,6 +329,20 @@ class BehaviorModel:
             path,
             compress=3,
         )
+        self.save_arrays(Path(path).with_suffix(".npz"))
+
+    def save_arrays(self, path: str | Path) -> None:
+        """The array form that :meth:`load` reads (written beside the joblib file)."""
+        trees = self.trees or TreeEnsemble.from_sklearn(self.estimator)
+        arrays: dict[str, Any] = {
+            "features": np.array(self.features),
+            "iso_x": self.iso_x,
+            "iso_y": self.iso_y,
+            "threshold": np.array([self.threshold]),
+            "meta": np.array([json.dumps(self.meta, default=str)]),
+            **trees.arrays(),
+        }
+        np.savez_compressed(path, **arrays)
 
     def raw(self, x: np.ndarray) -> np.ndarray:
         """The uncalibrated probability for a feature matrix (rows = samples).
@@ -238,6 +351,8 @@ class BehaviorModel:
         tree, which on a busy 2-core machine cost ~10 ms a tree (3.7 s for 2,000 rows,
         measured) against 35 ms in all on one thread.
         """
+        if self.trees is not None:
+            return self.trees.predict_proba(x)
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1, "openmp"):
