@@ -86,19 +86,9 @@ def test_pool_host_from_dns_and_intel_hit() -> None:
     assert any("on a pool list (test-list)" in x for x in r["reasons"])
 
 
-def _tls_hello(sni: str) -> bytes:
-    name = sni.encode()
-    ext = b"\x00\x00" + (len(name) + 5).to_bytes(2, "big") + (len(name) + 3).to_bytes(2, "big")
-    ext += b"\x00" + len(name).to_bytes(2, "big") + name
-    body = b"\x03\x03" + os.urandom(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
-    body += len(ext).to_bytes(2, "big") + ext
-    hs = b"\x01" + len(body).to_bytes(3, "big") + body
-    return b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs
-
-
 def test_intel_alone_stays_below_the_reporting_threshold() -> None:
     c = T.Conversation(("10.1.0.9", 51000), ("10.9.0.9", 443), 1_764_000_000.0)
-    c.send(0.1, True, _tls_hello("xmr.supportxmr.com"))
+    c.send(0.1, True, T.tls_client_hello("xmr.supportxmr.com"))
     c.send(0.2, False, b"\x16\x03\x03" + os.urandom(90))
     for i in range(10):
         c.send(1 + i * 5, True, b"\x17\x03\x03\x00\x40" + os.urandom(64))

@@ -32,16 +32,6 @@ from minewatch.sources.pcap import read_batches
 T0 = 1_764_000_000.0  # 2025-11-24 16:00 UTC
 
 
-def _tls_client_hello(sni: str) -> bytes:
-    name = sni.encode()
-    ext = b"\x00\x00" + (len(name) + 5).to_bytes(2, "big") + (len(name) + 3).to_bytes(2, "big")
-    ext += b"\x00" + len(name).to_bytes(2, "big") + name
-    body = b"\x03\x03" + os.urandom(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
-    body += len(ext).to_bytes(2, "big") + ext
-    hs = b"\x01" + len(body).to_bytes(3, "big") + body
-    return b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs
-
-
 def network_conversations() -> tuple[list[T.Conversation], list[tuple[float, bytes]]]:
     """The demo network: who talks to whom. Returns conversations and extra frames (DNS)."""
     convs = [
@@ -64,7 +54,7 @@ def network_conversations() -> tuple[list[T.Conversation], list[tuple[float, byt
         T.web_session(("10.20.6.3", 45002), ("10.99.0.7", 80), T0),
     ]
     tls = T.Conversation(("10.20.7.4", 46000), ("10.99.0.8", 443), T0)
-    tls.send(0.1, True, _tls_client_hello("gulf.moneroocean.stream"))
+    tls.send(0.1, True, T.tls_client_hello("gulf.moneroocean.stream"))
     tls.send(0.2, False, b"\x16\x03\x03" + os.urandom(120))
     for i in range(20):
         tls.send(1 + i * 3, True, b"\x17\x03\x03\x00\xc0" + os.urandom(192))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import struct
 from collections.abc import Iterable
@@ -495,3 +496,14 @@ def web_session(
     page = "<html><body>" + "hello " * 300 + "</body></html>"
     c.send(0.2, False, f"HTTP/1.1 200 OK\r\nContent-Length: {len(page)}\r\n\r\n{page}")
     return c
+
+
+def tls_client_hello(sni: str) -> bytes:
+    """A minimal TLS 1.3 ClientHello record naming ``sni`` (random bytes where secrets go)."""
+    name = sni.encode()
+    ext = b"\x00\x00" + (len(name) + 5).to_bytes(2, "big") + (len(name) + 3).to_bytes(2, "big")
+    ext += b"\x00" + len(name).to_bytes(2, "big") + name
+    body = b"\x03\x03" + os.urandom(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+    body += len(ext).to_bytes(2, "big") + ext
+    hs = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs
