@@ -34,6 +34,7 @@ from pathlib import Path
 
 import dpkt
 
+from minewatch.lab.behavior_data import softflowd_datagrams
 from minewatch.sources.netflow import NetflowDecoder
 
 HOST = "127.0.0.1"
@@ -81,29 +82,8 @@ def make_capture(path: Path, n_flows: int, seed: int = 7) -> None:
 
 
 def softflowd_export(pcap: Path, version: int) -> list[bytes]:
-    """Run softflowd over ``pcap`` towards a local socket; return the export datagrams."""
-    port = free_port()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", socket.SO_RCVBUF), 1 << 26)
-    sock.bind((HOST, port))
-    sock.settimeout(1.5)
-    proc = subprocess.Popen(
-        ["softflowd", "-r", str(pcap), "-n", f"{HOST}:{port}", "-v", str(version), "-a"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    out: list[bytes] = []
-    try:
-        while True:
-            try:
-                out.append(sock.recv(65535))
-            except TimeoutError:
-                if proc.poll() is not None:
-                    break
-    finally:
-        proc.wait(timeout=30)
-        sock.close()
-    return out
+    """softflowd's export of ``pcap`` (the stream both collectors are fed)."""
+    return softflowd_datagrams(pcap, "-v", str(version), "-a")
 
 
 def bench_decoders(datagrams: list[bytes], repeat: int) -> dict[str, float]:

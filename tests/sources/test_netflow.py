@@ -10,13 +10,13 @@ from __future__ import annotations
 import random
 import socket
 import struct
-import subprocess
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 from minewatch.errors import Quarantine
+from minewatch.lab.behavior_data import softflowd_datagrams
 from minewatch.schema import FLOWS
 from minewatch.sources import netflow
 from minewatch.sources.netflow import NetflowDecoder, read_netflow, split_datagrams
@@ -29,39 +29,7 @@ NETFLOW_PCAP = DATA / "benign" / "netflowv9.pcap"
 
 def softflowd_export(pcap: Path, tmp: Path, *opts: str) -> list[bytes]:
     """softflowd reads ``pcap`` and exports to a socket of ours; returns the datagrams."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(0.5)
-    port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            "softflowd",
-            "-r",
-            str(pcap),
-            "-n",
-            f"127.0.0.1:{port}",
-            "-p",
-            str(tmp / "sf.pid"),
-            "-c",
-            "none",
-            *opts,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    out: list[bytes] = []
-    try:
-        while True:
-            try:
-                out.append(sock.recv(65535))
-            except TimeoutError:
-                if proc.poll() is not None:
-                    break
-    finally:
-        proc.wait(timeout=30)
-        sock.close()
-    return out
+    return softflowd_datagrams(pcap, *opts)
 
 
 def decode(

@@ -716,22 +716,28 @@ def softflowd_export(
 
 
 def _softflowd_one(exe: str, pcap: Path, out: Path, maxlife: int, version: int) -> list[bytes]:
+    return softflowd_datagrams(pcap, "-a", "-v", str(version), "-t", f"maxlife={maxlife}")
+
+
+def softflowd_datagrams(pcap: Path, *options: str) -> list[bytes]:
+    """Run ``softflowd -r pcap`` (plus ``options``) against a UDP socket on loopback and
+    return the export datagrams it sent. Shared by the tests and benchmarks that need a real
+    exporter's output."""
+    exe = shutil.which("softflowd") or "/usr/sbin/softflowd"
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     sock.bind((LOOPBACK, 0))
     port = sock.getsockname()[1]
     sock.settimeout(0.3)
     chunks: list[bytes] = []
-    cmd = [exe, "-d", "-a", "-r", str(pcap), "-n", f"{LOOPBACK}:{port}", "-v", str(version)]
-    cmd += ["-t", f"maxlife={maxlife}"]
     # A control socket of its own per run (named by our UDP port, unique while we hold it).
     # softflowd 1.1.0 blocks in accept() at exit when the socket's path is longer than 12
     # characters (measured here), hence the short names in /tmp.
     ctl = Path(f"/tmp/{port}.c")
     pid = Path(f"/tmp/{port}.p")
     ctl.unlink(missing_ok=True)
-    cmd += ["-p", str(pid), "-c", str(ctl)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [exe, "-d", "-r", str(pcap), "-n", f"{LOOPBACK}:{port}", "-p", str(pid), "-c", str(ctl)]
+    proc = subprocess.Popen([*cmd, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # softflowd usually exits at the end of the file, but sometimes stays blocked on its
     # control socket after exporting everything: stop waiting after a quiet spell.
     quiet_since = time.monotonic()
