@@ -103,10 +103,10 @@ class FlowSet:
         pos = np.searchsorted(arr, keys)
         pos[pos == len(arr)] = 0
         hit = arr[pos] == keys
-        if self.previous and hit.any():  # still active: carry forward
-            for k in keys[hit].tolist():
-                if k in self.previous:
-                    self.current.add(k)
+        if self.previous and hit.any():  # still active: carry forward, once per flow
+            seen = np.unique(keys[hit])
+            fresh = [k for k in seen.tolist() if k not in self.current]
+            self.current.update(k for k in fresh if k in self.previous)
         return np.asarray(hit)
 
     def tick(self, now: float) -> None:
