@@ -82,7 +82,7 @@ def run(spec: CitySpec, out: Path, ks: tuple[int, ...] = (50, 100, 150)) -> dict
 
     # Attribution accuracy for sightings whose lease records exist.
     att = fused_result.attribution.select(
-        pl.col("sighting_id").alias("row"), "status", "subscriber_id"
+        pl.col("sighting_id").alias("row"), "status", "subscriber_id", "method"
     )
     # evidence rows keep the detection order for network rows (ev_row = line order)
     net_rows = ev.evidence.with_row_index("ev_row").filter(pl.col("source") == "network")
@@ -100,6 +100,8 @@ def run(spec: CitySpec, out: Path, ks: tuple[int, ...] = (50, 100, 150)) -> dict
         (pl.col("status") == "attributed") & (pl.col("got") != pl.col("subscriber_id"))
     ).height
     amb = with_lease.filter(pl.col("status") == "ambiguous").height
+    by_rec = with_lease.filter(pl.col("method") == "recurrence")
+    rec_ok = by_rec.filter(pl.col("got") == pl.col("subscriber_id")).height
     nol = with_lease.filter(pl.col("status") == "no_lease").height
     # Sightings that can be attributed at all: a port, or an address nobody shared.
     shared_no_port = pl.col("port").is_null() & pl.col("ip").str.starts_with("203.0.113.")
@@ -128,6 +130,8 @@ def run(spec: CitySpec, out: Path, ks: tuple[int, ...] = (50, 100, 150)) -> dict
             "correct": correct,
             "wrong": wrong,
             "ambiguous": amb,
+            "by_recurrence": by_rec.height,
+            "by_recurrence_correct": rec_ok,
             "no_lease": nol,
             "accuracy": correct / n_l if n_l else float("nan"),
             "attributable": attributable.height,
@@ -201,7 +205,8 @@ def main() -> None:
     )
     print(
         f"  of which carry a port or an unshared address: {att['attributable_correct']}/"
-        f"{att['attributable']} correct"
+        f"{att['attributable']} correct; shared address without a port resolved by "
+        f"recurrence: {att['by_recurrence_correct']}/{att['by_recurrence']} correct"
     )
     print(f"links: {res['links']}")
     print(f"seconds: {res['seconds']}", file=sys.stderr)

@@ -35,12 +35,13 @@ def det(
     algo: str | None = None,
     detector: str = "stratum",
     wallet: str | None = None,
+    dst_ip: str = "192.0.2.200",
 ) -> dict[str, Any]:
     return detection_row(
         {
             "src_ip": ip,
             "src_port": port,
-            "dst_ip": "192.0.2.200",
+            "dst_ip": dst_ip,
             "dst_port": 3333,
             "proto": "tcp",
             "first_seen": (D + dt.timedelta(hours=2)).isoformat(),

@@ -7,7 +7,12 @@ import datetime as dt
 import numpy as np
 import polars as pl
 
-from minewatch.fusion.attribution import attribute, attribute_windows, summary
+from minewatch.fusion.attribution import (
+    attribute,
+    attribute_windows,
+    resolve_by_recurrence,
+    summary,
+)
 from minewatch.sources.leases import empty_leases
 
 UTC = dt.UTC
@@ -63,7 +68,13 @@ def test_daily_redials_attribute_each_day_to_its_holder() -> None:
     out = attribute(S, L)
     assert out["subscriber_id"].to_list() == ["alice", "bob", "carol", None]
     assert out["status"].to_list() == ["attributed", "attributed", "attributed", "no_lease"]
-    assert summary(out) == {"attributed": 3, "ambiguous": 0, "no_lease": 1, "total": 4}
+    assert summary(out) == {
+        "attributed": 3,
+        "ambiguous": 0,
+        "no_lease": 1,
+        "total": 4,
+        "attributed_by_recurrence": 0,
+    }
 
 
 def test_sighting_after_lease_end_has_no_lease() -> None:
@@ -158,3 +169,87 @@ def test_every_sighting_comes_out_once_on_a_larger_random_case() -> None:
     assert out.height == 2000
     expect = [truth[(f"10.0.1.{i}", int(t // 24))] for i, t in zip(ips, ts_h, strict=True)]
     assert out["subscriber_id"].to_list() == expect
+
+
+def _shared_address() -> pl.DataFrame:
+    """Three subscribers behind one public address, each with its own port block, every day."""
+    rows = []
+    for day in range(4):
+        t0, t1 = h(24 * day), h(24 * day + 24)
+        for i, who in enumerate(("alice", "bob", "carol")):
+            rows.append(("203.0.113.9", t0, t1, who, 1024 * (i + 1), 1024 * (i + 2) - 1))
+    return leases(rows)
+
+
+def _identity(ids: list[str | None], ts: list[dt.datetime]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"sighting_id": list(range(len(ids))), "ts": ts, "identity": ids},
+        schema={"sighting_id": pl.Int64, "ts": pl.Datetime("us", "UTC"), "identity": pl.String},
+    )
+
+
+def test_port_less_sighting_is_resolved_by_the_same_wallet_on_other_days() -> None:
+    L = _shared_address()
+    # 0: bob with a port (lease fact); 1: the same wallet without a port, two days later.
+    S = sightings([("203.0.113.9", h(10), 2100), ("203.0.113.9", h(58))])
+    att = attribute(S, L)
+    assert att["status"].to_list() == ["attributed", "ambiguous"]
+    out = resolve_by_recurrence(att, _identity(["wallet:W1", "wallet:W1"], [h(10), h(58)]))
+    assert out["status"].to_list() == ["attributed", "attributed"]
+    assert out["subscriber_id"].to_list() == ["bob", "bob"]
+    assert out["method"].to_list() == ["lease", "recurrence"]
+    assert "only bob was attributed by its own lease to 1 other" in out["reason"][1]
+    assert "inferred" in out["reason"][1]
+    assert out["candidates"][1].to_list() == ["alice", "bob", "carol"]
+    assert summary(out)["attributed_by_recurrence"] == 1
+
+
+def test_recurrence_needs_exactly_one_corroborated_candidate_within_the_window() -> None:
+    L = _shared_address()
+    S = sightings(
+        [
+            ("203.0.113.9", h(10), 1500),  # alice, endpoint E
+            ("203.0.113.9", h(11), 3000),  # carol, endpoint E
+            ("203.0.113.9", h(30)),  # E without port: alice and carol both corroborated
+            ("203.0.113.9", h(31)),  # F without port: nobody else seen with F
+            ("203.0.113.9", h(60), 2100),  # bob, endpoint G, but far from sighting 5
+            ("203.0.113.9", h(62)),  # G without port, within 1 day of bob's anchor
+        ]
+    )
+    ident = _identity(
+        ["endpoint:E", "endpoint:E", "endpoint:E", "endpoint:F", "endpoint:G", "endpoint:G"],
+        [h(10), h(11), h(30), h(31), h(60), h(62)],
+    )
+    att = attribute(S, L)
+    out = resolve_by_recurrence(att, ident, window=dt.timedelta(days=1))
+    assert out["status"].to_list() == [
+        "attributed",
+        "attributed",
+        "ambiguous",
+        "ambiguous",
+        "attributed",
+        "attributed",
+    ]
+    assert "2 of the candidates were seen with the same endpoint:E" in out["reason"][2]
+    assert out["subscriber_id"][5] == "bob"
+    # The same sighting 5 days after the anchor is out of a 1-day window.
+    far = resolve_by_recurrence(
+        att,
+        ident.with_columns(ts=pl.col("ts").shift(-1).fill_null(h(160))),
+        window=dt.timedelta(days=1),
+    )
+    assert far["status"][5] == "ambiguous"
+
+
+def test_sightings_resolved_by_recurrence_do_not_anchor_others() -> None:
+    L = _shared_address()
+    S = sightings([("203.0.113.9", h(5), 1100), ("203.0.113.9", h(30)), ("203.0.113.9", h(90))])
+    att = attribute(S, L)
+    # Sighting 1 shares an identity with the lease fact 0; sighting 2 shares one only with 1.
+    ident = _identity(["wallet:A", "wallet:A", None], [h(5), h(30), h(90)])
+    out = resolve_by_recurrence(att, ident)
+    assert out["status"].to_list() == ["attributed", "attributed", "ambiguous"]
+    ident2 = _identity(["wallet:A", "wallet:A", "wallet:A"], [h(5), h(30), h(90)])
+    chained = resolve_by_recurrence(att, ident2, window=dt.timedelta(hours=30))
+    # 2 is 85 h from the lease fact: 1 (resolved by recurrence) may not vouch for it.
+    assert chained["status"].to_list() == ["attributed", "attributed", "ambiguous"]

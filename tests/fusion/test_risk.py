@@ -76,7 +76,8 @@ def test_shared_cgnat_address_without_port_is_one_of_n_never_a_silent_pick() -> 
     ev = evidence(
         [
             det("203.0.113.7", None, 0.97, None, None),  # shared by s5 and s6, no port
-            det("203.0.113.7", 2100, 0.95, None, None, detector="behavior"),  # s6 by port
+            # s6 by port, to another endpoint: nothing ties the two sightings together
+            det("203.0.113.7", 2100, 0.95, None, None, detector="behavior", dst_ip="192.0.2.9"),
         ]
     )
     res = fuse(ev, sc["leases"], sc["subscribers"], sc["accounts"])
@@ -93,6 +94,23 @@ def test_shared_cgnat_address_without_port_is_one_of_n_never_a_silent_pick() -> 
     )
     assert by_premises(alone.suspects)["a1"]["log_odds"] > s["a5"]["log_odds"]
     assert res.counts["attribution"] == {"ambiguous": 1, "attributed": 1}
+
+
+def test_shared_address_without_port_is_resolved_by_the_same_endpoint_with_a_reason() -> None:
+    sc = scene()
+    ev = evidence(
+        [
+            det("203.0.113.7", None, 0.97, None, None),  # shared by s5 and s6, no port
+            det("203.0.113.7", 2100, 0.95, None, None, detector="behavior"),  # s6, same pool
+        ]
+    )
+    res = fuse(ev, sc["leases"], sc["subscribers"], sc["accounts"])
+    att = res.attribution.sort("sighting_id")
+    assert att["status"].to_list() == ["attributed", "attributed"]
+    assert att["method"].to_list() == ["recurrence", "lease"]
+    assert att["subscriber_id"].to_list() == ["s6", "s6"]
+    assert "mining endpoint 192.0.2.200:3333" in att["reason"][0]
+    assert set(by_premises(res.suspects)) == {"a6"}
 
 
 def test_evidence_without_lease_or_link_is_listed_not_dropped() -> None:

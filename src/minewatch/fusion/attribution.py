@@ -23,9 +23,19 @@ How (all vectorised, no loop per sighting):
 
 Every sighting comes out exactly once, with ``status`` one of ``attributed``, ``ambiguous``,
 ``no_lease`` and a ``reason`` a person can check.
+
+A shared address without a port (a collector that aggregated ports away, a list of IPs from
+another authority) names every subscriber behind the CGNAT address. :func:`resolve_by_recurrence`
+narrows such a sighting with the other sightings of the same identity (the same Stratum wallet,
+or the same pool endpoint) that the leases attributed on their own: when exactly one of the
+candidates was attributed to that identity within a few days, the sighting goes to it with
+``method = "recurrence"`` and a reason that names the corroborating sightings. It is an
+inference, not a lease fact, and says so; any other outcome leaves the sighting ambiguous.
 """
 
 from __future__ import annotations
+
+import datetime as dt
 
 import polars as pl
 
@@ -37,10 +47,17 @@ ATTRIBUTED = "attributed"
 AMBIGUOUS = "ambiguous"
 NO_LEASE = "no_lease"
 
+#: How an attributed sighting was attributed.
+BY_LEASE = "lease"
+BY_RECURRENCE = "recurrence"
+#: How far apart (either way) a corroborating sighting may be for :func:`resolve_by_recurrence`.
+RECURRENCE_WINDOW = dt.timedelta(days=7)
+
 OUT_COLUMNS = [
     "sighting_id",
     "subscriber_id",
     "status",
+    "method",
     "candidates",
     "reason",
     "lease_start",
@@ -312,6 +329,9 @@ def attribute(sightings: pl.DataFrame, leases: pl.DataFrame) -> pl.DataFrame:
         .otherwise(pl.format("{} overlapping leases of different subscribers", n)),
         candidates=pl.col("candidates").fill_null(pl.lit([], dtype=pl.List(pl.String))),
     )
+    out = out.with_columns(
+        method=pl.when(pl.col("status") == ATTRIBUTED).then(pl.lit(BY_LEASE)).otherwise(None)
+    )
     return out.drop("n_leases").sort("sighting_id")
 
 
@@ -368,14 +388,120 @@ def attribute_windows(
         .then(pl.col("sub_b"))
         .otherwise(pl.col("subscriber_id")),
     )
+    j = j.with_columns(
+        method=pl.when(pl.col("status") == ATTRIBUTED).then(pl.lit(BY_LEASE)).otherwise(None)
+    )
     return j.drop("status_b", "sub_b", "cand_b", "reason_b", "ts")
 
 
+def resolve_by_recurrence(
+    attributed: pl.DataFrame,
+    identity: pl.DataFrame,
+    *,
+    window: dt.timedelta = RECURRENCE_WINDOW,
+) -> pl.DataFrame:
+    """Narrow ambiguous sightings with other sightings of the same identity.
+
+    ``attributed``: the output of :func:`attribute` / :func:`attribute_windows`.
+    ``identity``: ``sighting_id``, ``ts`` and ``identity`` (a string such as
+    ``wallet:4A…`` or ``endpoint:192.0.2.10:3333``; null when the sighting has none) and
+    optionally ``identity_label`` (how to name it in the reason).
+
+    An ambiguous sighting whose identity was attributed *by lease* to exactly one of its
+    candidates, by sightings within ``window`` of it, becomes ``attributed`` with
+    ``method = "recurrence"``. When several candidates (or none) are corroborated it stays
+    ambiguous, and the reason says how many were. Sightings attributed this way never
+    corroborate others: only lease facts count as anchors.
+    """
+    if "method" not in attributed.columns:
+        attributed = attributed.with_columns(
+            method=pl.when(pl.col("status") == ATTRIBUTED).then(pl.lit(BY_LEASE)).otherwise(None)
+        )
+    ids = identity.select(
+        pl.col("sighting_id").cast(pl.Int64),
+        pl.col("ts").cast(_TS),
+        pl.col("identity").cast(pl.String),
+        (pl.col("identity_label") if "identity_label" in identity.columns else pl.col("identity"))
+        .cast(pl.String)
+        .alias("identity_label"),
+    ).filter(pl.col("identity").is_not_null())
+    att = attributed.with_columns(pl.col("sighting_id").cast(pl.Int64))
+    anchors = (
+        att.filter((pl.col("status") == ATTRIBUTED) & (pl.col("method") == BY_LEASE))
+        .select("sighting_id", pl.col("subscriber_id").alias("candidate"))
+        .join(ids, on="sighting_id")
+        .select("identity", "candidate", pl.col("ts").alias("anchor_ts"))
+    )
+    amb = (
+        att.filter(pl.col("status") == AMBIGUOUS)
+        .select("sighting_id", pl.col("candidates").alias("candidate"))
+        .explode("candidate")
+        .join(ids, on="sighting_id")
+    )
+    if amb.height == 0 or anchors.height == 0:
+        return attributed
+    w_us = int(window.total_seconds() * 1_000_000)
+    hits = (
+        amb.join(anchors, on=["identity", "candidate"])
+        .filter((pl.col("anchor_ts") - pl.col("ts")).abs().dt.total_microseconds() <= w_us)
+        .group_by("sighting_id", "candidate")
+        .agg(n_anchor=pl.len(), label=pl.col("identity_label").first())
+    )
+    per = hits.group_by("sighting_id").agg(
+        n_corr=pl.len(),
+        candidate=pl.col("candidate").first(),
+        n_anchor=pl.col("n_anchor").first(),
+        label=pl.col("label").first(),
+    )
+    days = window.total_seconds() / 86400.0
+    days_txt = f"{days:g} days"
+    out = att.join(per, on="sighting_id", how="left")
+    resolved = (pl.col("status") == AMBIGUOUS) & (pl.col("n_corr") == 1)
+    several = (pl.col("status") == AMBIGUOUS) & (pl.col("n_corr") > 1)
+    out = out.with_columns(
+        reason=pl.when(resolved)
+        .then(
+            pl.format(
+                "{}; of the {} candidates only {} was attributed by its own lease to {} other "
+                "sighting(s) of the same {} within ±{} (inferred, not a lease fact)",
+                pl.col("reason"),
+                pl.col("candidates").list.len(),
+                pl.col("candidate"),
+                pl.col("n_anchor"),
+                pl.col("label"),
+                pl.lit(days_txt),
+            )
+        )
+        .when(several)
+        .then(
+            pl.format(
+                "{}; {} of the candidates were seen with the same {} within ±{}: still ambiguous",
+                pl.col("reason"),
+                pl.col("n_corr"),
+                pl.col("label"),
+                pl.lit(days_txt),
+            )
+        )
+        .otherwise(pl.col("reason")),
+        subscriber_id=pl.when(resolved)
+        .then(pl.col("candidate"))
+        .otherwise(pl.col("subscriber_id")),
+        method=pl.when(resolved).then(pl.lit(BY_RECURRENCE)).otherwise(pl.col("method")),
+        status=pl.when(resolved).then(pl.lit(ATTRIBUTED)).otherwise(pl.col("status")),
+    )
+    return out.drop("n_corr", "candidate", "n_anchor", "label").select(attributed.columns)
+
+
 def summary(attributed: pl.DataFrame) -> dict[str, int]:
-    """Counts per status; their sum is the number of sightings."""
+    """Counts per status (their sum is ``total``), and how many were attributed by
+    recurrence."""
     counts = attributed.group_by("status").len()
     out = {ATTRIBUTED: 0, AMBIGUOUS: 0, NO_LEASE: 0}
     for st, n in counts.iter_rows():
         out[str(st)] = int(n)
     out["total"] = attributed.height
+    if "method" in attributed.columns:
+        out["attributed_by_recurrence"] = int(
+            (attributed["method"] == BY_RECURRENCE).fill_null(False).sum()
+        )
     return out

@@ -38,7 +38,12 @@ import polars as pl
 
 from minewatch import energy
 from minewatch.fusion.address import LinkResult, link_accounts
-from minewatch.fusion.attribution import AMBIGUOUS, ATTRIBUTED, attribute_windows
+from minewatch.fusion.attribution import (
+    AMBIGUOUS,
+    ATTRIBUTED,
+    attribute_windows,
+    resolve_by_recurrence,
+)
 from minewatch.fusion.policy import CLASS_ZH, Policy, default_policy
 
 _TS = pl.Datetime("us", "UTC")
@@ -205,6 +210,28 @@ def _json_field(col: str, path: str, dtype: pl.DataType) -> pl.Expr:
     return pl.col(col).str.json_path_match(path).cast(dtype, strict=False)
 
 
+def _identity(net: pl.DataFrame) -> pl.DataFrame:
+    """What ties network sightings of one rig together: its Stratum wallet, else the pool
+    endpoint it talks to (not a DNS server: a resolver is everybody's endpoint)."""
+    endpoint = pl.when(
+        pl.col("dst_ip").is_not_null()
+        & pl.col("dst_port").is_not_null()
+        & (pl.col("dst_port") != 53)
+    ).then(pl.format("{}:{}", pl.col("dst_ip"), pl.col("dst_port")))
+    return net.select(
+        pl.col("ev_row").cast(pl.Int64).alias("sighting_id"),
+        pl.col("window_start").alias("ts"),
+        pl.when(pl.col("wallet").is_not_null())
+        .then(pl.format("wallet:{}", pl.col("wallet")))
+        .otherwise(pl.format("endpoint:{}", endpoint))
+        .alias("identity"),
+        pl.when(pl.col("wallet").is_not_null())
+        .then(pl.format("Stratum wallet {}", pl.col("wallet")))
+        .otherwise(pl.format("mining endpoint {}", endpoint))
+        .alias("identity_label"),
+    )
+
+
 def _premises_map(
     subscribers: pl.DataFrame, accounts: pl.DataFrame, links: LinkResult
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -307,6 +334,8 @@ def fuse(
         port=_json_field("measures", "$.src_port", pl.Int32()),
         added_kw=_json_field("measures", "$.added_kw", pl.Float64()),
         wallet=_json_field("details", "$.wallet", pl.String()),
+        dst_ip=_json_field("measures", "$.dst_ip", pl.String()),
+        dst_port=_json_field("measures", "$.dst_port", pl.Int32()),
         hint_sub=_json_field("details", "$.subscriber_id", pl.String()),
         hint_acc=_json_field("details", "$.account_id", pl.String()),
         ev_reasons=pl.col("details")
@@ -329,7 +358,16 @@ def fuse(
         start="window_start",
         end="window_end",
     )
-    att_n = att.with_columns(n_cand=pl.col("candidates").list.len())
+    # Shared addresses without a port: narrowed by the same wallet or pool endpoint seen
+    # from exactly one of the candidates on other days (an inference, named as such).
+    att = resolve_by_recurrence(att, _identity(net))
+    # An attributed sighting goes to its subscriber alone (a sighting resolved by recurrence
+    # still lists every holder of the address among its candidates, for the record).
+    att_n = att.with_columns(
+        candidates=pl.when(pl.col("status") == ATTRIBUTED)
+        .then(pl.concat_list(pl.col("subscriber_id")))
+        .otherwise(pl.col("candidates"))
+    ).with_columns(n_cand=pl.col("candidates").list.len())
     net_c = (
         att_n.filter(pl.col("status").is_in([ATTRIBUTED, AMBIGUOUS]))
         .select(

@@ -46,6 +46,8 @@ Network evidence (what ``minewatch scan`` / ``flows detect`` would print)
       ``intel`` hit (pool domain in DNS/SNI), confidence U(0.4, 0.7);
     * sessions from behind CGNAT carry the public address and a port from the block, except
       ``p_no_port`` of them (collectors that aggregate ports away);
+    * a rig's sessions go to its pool's address (one address per pool, ``POOL_IPS``);
+      look-alike sessions go to a peer drawn per session from 198.18.0.0/15;
     * false positives: full nodes and other look-alike traffic at ``node_share`` of the
       non-mining premises (``behavior``, U(0.5, 0.9), on half the days), random one-off
       ``behavior`` false alarms at a rate of ``fp_rate`` per premises-day, and ``intel`` hits
@@ -125,6 +127,8 @@ POOLS = (
     ("etc.2miners.example", "etc", "etchash", 1010),
     ("rvn.nanopool.example", "rvn", "kawpow", 12433),
 )
+#: Each pool's address (documentation range); look-alike traffic talks to other peers.
+POOL_IPS = ("192.0.2.10", "192.0.2.20", "192.0.2.30", "192.0.2.40", "192.0.2.50")
 
 
 @dataclass(frozen=True)
@@ -746,9 +750,16 @@ def _detections(
         .otherwise(pl.Series(rng.uniform(0.4, 0.7, n))),
         hr_noise=pl.Series(rng.lognormal(0.0, 0.25, n)),
     )
+    # Where sessions without a pool go (full nodes, false alarms, exchange visits): a peer
+    # drawn per session from another documentation range. Own stream, so the draws above
+    # stay as they were.
+    drng = np.random.default_rng([spec.seed, 0x647374])
+    peer = drng.integers(1, 1 << 17, n)  # 198.18.0.0/15, the benchmarking range
+    peer_ip = [f"198.{18 + (x >> 16)}.{(x >> 8) & 255}.{x & 255}" for x in peer]
+    peer_port = drng.choice(np.array([443, 8333, 18080, 30303]), n)
     out: list[dict[str, Any]] = []
     truth_rows = []
-    for r in rows.iter_rows(named=True):
+    for i, r in enumerate(rows.iter_rows(named=True)):
         kind = r["kind_det"]
         pool = POOLS[int(r["pool"])] if r["pool"] is not None else None
         hr = r["hashrate_hs"] * r["hr_noise"] if (kind == "stratum" and r["hashrate_hs"]) else None
@@ -776,8 +787,8 @@ def _detections(
             {
                 "src_ip": r["src_ip"],
                 "src_port": r["src_port"],
-                "dst_ip": "192.0.2.200",
-                "dst_port": pool[3] if pool else 443,
+                "dst_ip": POOL_IPS[int(r["pool"])] if pool else peer_ip[i],
+                "dst_port": pool[3] if pool else int(peer_port[i]),
                 "proto": "tcp",
                 "first_seen": r["first"].strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "last_seen": r["last"].strftime("%Y-%m-%dT%H:%M:%SZ"),
