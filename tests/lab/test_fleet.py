@@ -1,0 +1,69 @@
+"""The held-out fleets: a tiny real benign fleet is captured connection by connection, and the
+miner plans stay on their ports and off the training variants."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from minewatch.lab.behavior_data import MINER_VARIANTS
+from minewatch.lab.fleet import (
+    MINER_PORTS,
+    BenignPlan,
+    idle_wrapper,
+    plan_miners,
+    run_benign_fleet,
+)
+from minewatch.net.flowagg import aggregate_file
+
+FAMILIES = ("mqtt", "mqtt-tls", "redis", "websocket-tls", "http2", "electrum")
+
+
+def test_tiny_benign_fleet_captures_every_connection(tmp_path: Path) -> None:
+    plan = BenignPlan(connections=20, duration_s=10.0, ramp_s=2.0, seed=7, families=FAMILIES)
+    counts = plan.counts()
+    assert sum(counts.values()) == 20
+    entries = run_benign_fleet(tmp_path / "fleet", plan, port_base=21950)
+    assert {e["family"] for e in entries} == set(FAMILIES)
+    assert json.loads((tmp_path / "fleet" / "errors.json").read_text()) == {}
+    logged = (tmp_path / "fleet" / "connections.jsonl").read_text().splitlines()
+    assert len(logged) == 20
+    for e in entries:
+        flows = pl.from_arrow(aggregate_file(e["pcap"]).flows)
+        assert isinstance(flows, pl.DataFrame)
+        # Every record of the capture is on the family's server port (one label per capture).
+        server_side = (flows["dst_port"] == e["server_port"]) | (
+            flows["src_port"] == e["server_port"]
+        )
+        assert server_side.all()
+        client = pl.when(pl.col("dst_port") == e["server_port"]).then("src_port")
+        conns = (
+            flows.with_columns(client=client.otherwise("dst_port"))
+            .group_by("client")
+            .agg(first=pl.col("ts_start").min(), last=pl.col("ts_end").max())
+        )
+        # Every planned client holds its connection until the end of the run (the launcher's
+        # readiness probes are the only short connections).
+        held = conns.filter(
+            (pl.col("last") - pl.col("first")).dt.total_seconds() >= plan.duration_s / 2
+        )
+        assert held.height == e["planned_connections"], e["family"]
+        assert conns.height - held.height <= 2, e["family"]
+
+
+def test_miner_plans_are_held_out_and_on_their_ports(tmp_path: Path) -> None:
+    specs = plan_miners(4, 6, round_no=3, seed=1)
+    assert specs == plan_miners(4, 6, round_no=3, seed=1)  # seeded
+    assert [s.algo for s in specs[:4]] == ["rx/0"] * 4
+    assert all(s.port in MINER_PORTS for s in specs)
+    assert len({s.port for s in specs}) == len(specs)
+    training = {(v.difficulty, v.job_interval) for wave in MINER_VARIANTS for v in wave}
+    assert not any((s.difficulty, s.job_interval) in training for s in specs)
+    assert not any(s.job_interval in {v.job_interval for w in MINER_VARIANTS for v in w}
+                   for s in specs)  # fmt: skip
+    launcher = idle_wrapper(tmp_path, Path("/opt/xmrig"))
+    text = launcher.read_text()
+    assert 'exec nice -n 19 "/opt/xmrig" "$@"' in text
+    assert "/proc/self/autogroup" in text
