@@ -110,3 +110,40 @@ def test_automatic_chunk_size_follows_readings(small_hourly: meters.MeterData, m
     monkeypatch.setattr(local, "MIN_AUTO_CHUNK", 1)
     local.run(fn, small_hourly.readings)
     assert len(sizes) >= 3 and max(sizes) <= 110
+
+
+@pytest.mark.parametrize("row_group_size", [300, 997])
+def test_parquet_parts_keep_accounts_whole(
+    small_hourly: meters.MeterData, tmp_path, monkeypatch, row_group_size: int
+) -> None:
+    # accounts of 840 readings: with 300-row groups one account spans several row groups,
+    # some of which hold nothing else; every part must own each account exactly once
+    path = tmp_path / "ordered.parquet"
+    pq.write_table(small_hourly.readings, path, row_group_size=row_group_size)
+    monkeypatch.setattr(local, "PART_READINGS", 5_000)
+    parts = local.plan_parts(path, local.PART_READINGS)
+    assert parts is not None and len(parts) > 20
+    assert any(p.skip for p in parts) and any(p.tail for p in parts)
+    seen: list[str] = []
+
+    def fn(t: pa.Table) -> pa.Table:
+        seen.extend(pc.unique(t.column("account_id")).to_pylist())
+        return summary(t)
+
+    expect = summary(small_hourly.readings)
+    assert_same(local.run(fn, path, accounts_per_chunk=16), expect)
+    assert sorted(seen) == sorted(set(seen)) and len(seen) == 400
+    threads = local.run(summary, path, accounts_per_chunk=16, workers=2, processes=False)
+    assert_same(threads, expect)
+
+
+def test_parquet_row_groups_out_of_order_are_spilled(
+    small_hourly: meters.MeterData, tmp_path
+) -> None:
+    path = tmp_path / "backwards.parquet"
+    pq.write_table(
+        small_hourly.readings.sort_by([("account_id", "descending")]), path, row_group_size=5_000
+    )
+    with pytest.raises(local.UnorderedInput, match="row group"):
+        local.plan_parts(path, 10_000)
+    assert_same(local.run(summary, path, spill_dir=tmp_path), summary(small_hourly.readings))

@@ -23,6 +23,7 @@ The Spark engine (:mod:`minewatch.engines.spark`) runs the same function per acc
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import multiprocessing as mp
 import os
@@ -30,6 +31,7 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -47,6 +49,11 @@ KEY = "account_id"
 #: with no chunk size given, chunks hold about this many readings: the feature code peaks at
 #: roughly 250 bytes per reading (measured), so ~1 GB per chunk in flight
 DEFAULT_CHUNK_READINGS = 4_000_000
+#: a Parquet file ordered by account is cut into parts of whole row groups of about this many
+#: readings; each worker reads its parts itself (see :func:`plan_parts`)
+PART_READINGS = 8_000_000
+#: rows per record batch read from Parquet
+BATCH_READINGS = 1_000_000
 #: bounds of the automatic chunk size, in accounts
 MIN_AUTO_CHUNK, MAX_AUTO_CHUNK = 100, 500_000
 
@@ -143,6 +150,132 @@ def _scan(path: str | os.PathLike[str], batch_rows: int) -> Iterator[pa.RecordBa
     dataset = ds.dataset(str(path), format="parquet")
     # little read-ahead: memory stays bounded by the chunks in flight, not by the scanner
     yield from dataset.to_batches(batch_size=batch_rows, batch_readahead=2, fragment_readahead=1)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A run of row groups of one Parquet file that a worker reads and processes by itself.
+
+    The part owns the accounts whose first reading lies in its row groups: it drops the
+    leading rows of ``skip`` (an account begun in the previous row group) and reads on into
+    the ``tail`` row groups for the account still open at its end.
+    """
+
+    path: str
+    row_groups: tuple[int, ...]
+    skip: str | None
+    tail: tuple[tuple[str, int], ...]
+    rows: int
+
+
+def _row_group_stats(
+    path: str | os.PathLike[str], key: str
+) -> list[tuple[str, int, int, Any, Any]]:
+    """``(file, row group, rows, min key, max key)`` of every row group, in dataset order.
+
+    Empty when a row group has no usable statistics for ``key`` (or nulls in it).
+    """
+    import pyarrow.parquet as pq
+
+    out: list[tuple[str, int, int, Any, Any]] = []
+    for fragment in ds.dataset(str(path), format="parquet").get_fragments():
+        meta = pq.ParquetFile(fragment.path).metadata
+        col = meta.schema.to_arrow_schema().get_field_index(key)
+        if col < 0:
+            return []
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            if group.num_rows == 0:
+                continue
+            stats = group.column(col).statistics
+            if stats is None or not stats.has_min_max or stats.null_count:
+                return []
+            out.append((fragment.path, g, group.num_rows, stats.min, stats.max))
+    return out
+
+
+def plan_parts(path: str | os.PathLike[str], part_rows: int, key: str = KEY) -> list[_Part] | None:
+    """Cut an account-ordered Parquet file into parts of whole row groups (≈ ``part_rows``).
+
+    Uses only the row-group statistics of ``key`` (no data is read). ``None`` when the
+    statistics are missing; raises :class:`UnorderedInput` when they show that the row
+    groups are not in ascending ``key`` order. The order *inside* each row group is checked
+    by the worker that reads it.
+    """
+    groups = _row_group_stats(path, key)
+    if not groups:
+        return None
+    for (_, _, _, _, hi), (file, g, _, lo, _) in itertools.pairwise(groups):
+        if lo < hi:
+            raise UnorderedInput(
+                f"row group {g} of {file} starts at account {lo!r} before {hi!r}",
+                field=key,
+                hint="sort by account_id, or let the engine spill into hash buckets",
+            )
+    parts: list[_Part] = []
+    i = 0
+    while i < len(groups):
+        j, rows = i, 0
+        while j < len(groups) and groups[j][0] == groups[i][0] and (j == i or rows < part_rows):
+            rows += groups[j][2]
+            j += 1
+        skip = groups[i - 1][4] if i > 0 and groups[i - 1][4] == groups[i][3] else None
+        last = groups[j - 1][4]
+        tail: list[tuple[str, int]] = []
+        t = j
+        while t < len(groups) and groups[t][3] == last:
+            tail.append((groups[t][0], groups[t][1]))
+            if groups[t][4] != last:
+                break
+            t += 1
+        if skip is not None and all(g[3] == g[4] == skip for g in groups[i:j]):
+            i = j  # every row continues an account owned by an earlier part
+            continue
+        parts.append(_Part(groups[i][0], tuple(g[1] for g in groups[i:j]), skip, tuple(tail), rows))
+        i = j
+    return parts
+
+
+def _part_batches(part: _Part, batch_rows: int, key: str) -> Iterator[pa.RecordBatch]:
+    import pyarrow.parquet as pq
+
+    skip = part.skip
+    last: Any = None
+    for batch in pq.ParquetFile(part.path).iter_batches(
+        batch_size=batch_rows, row_groups=list(part.row_groups)
+    ):
+        if skip is not None:
+            ids = batch.column(key)
+            n = pc.sum(pc.equal(ids, skip)).as_py() or 0
+            batch = batch.slice(n)
+            if n < len(ids):
+                skip = None
+        if batch.num_rows:
+            last = batch.column(key)[-1].as_py()
+            yield batch
+    if last is None:
+        return
+    for file, group in part.tail:
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_rows, row_groups=[group]):
+            ids = batch.column(key)
+            n = pc.sum(pc.equal(ids, last)).as_py() or 0
+            if n:
+                yield batch.slice(0, n)
+            if n < len(ids):
+                return
+
+
+def _run_part(
+    fn: AccountFn, part: _Part, accounts_per_chunk: int | None, key: str, batch_rows: int
+) -> pa.Table | None:
+    """Read one part and apply ``fn`` chunk by chunk (runs in a worker process)."""
+    results = [
+        fn(chunk)
+        for chunk in iter_account_chunks(
+            _part_batches(part, batch_rows, key), accounts_per_chunk, key
+        )
+    ]
+    return pa.concat_tables(results) if results else None
 
 
 def is_ordered(path: str | os.PathLike[str], key: str = KEY) -> bool:
@@ -261,6 +394,11 @@ def map_accounts(
     ``fn`` must then be picklable, e.g. a module-level function or a ``functools.partial``)
     or threads; at most ``workers + 1`` chunks are in flight.
     """
+    if isinstance(source, str | os.PathLike) and not spill:
+        parts = plan_parts(source, PART_READINGS, key)
+        if parts is not None:
+            yield from _map_parts(fn, parts, accounts_per_chunk, workers, processes, key)
+            return
     chunks = iter_chunks(source, accounts_per_chunk, key=key, spill_dir=spill_dir, spill=spill)
     if workers <= 1:
         for chunk in chunks:
@@ -285,6 +423,43 @@ def map_accounts(
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def _map_parts(
+    fn: AccountFn,
+    parts: list[_Part],
+    accounts_per_chunk: int | None,
+    workers: int,
+    processes: bool,
+    key: str,
+) -> Iterator[pa.Table]:
+    """Each worker reads its own parts of the file: no readings cross a process boundary."""
+    task = functools.partial(
+        _run_part, fn, accounts_per_chunk=accounts_per_chunk, key=key, batch_rows=BATCH_READINGS
+    )
+    if workers <= 1:
+        for part in parts:
+            out = task(part)
+            if out is not None:
+                yield out
+        return
+    pool: Executor
+    if processes:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minewatch-local")
+    with pool:
+        pending: deque[Future[pa.Table | None]] = deque()
+        for part in parts:
+            pending.append(pool.submit(task, part))
+            if len(pending) > workers:
+                out = pending.popleft().result()
+                if out is not None:
+                    yield out
+        while pending:
+            out = pending.popleft().result()
+            if out is not None:
+                yield out
 
 
 def run(

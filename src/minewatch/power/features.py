@@ -113,22 +113,23 @@ def account_features(readings: pa.Table, *, tz: str = "UTC") -> pa.Table:
     night and weekends. Readings whose ``interval_s`` differs from the account's usual one
     (a register reading spanning a gap) are left out and count as missing.
     """
-    frame = pl.from_arrow(readings)
+    frame = pl.from_arrow(readings.select(["account_id", "ts", "kwh", "interval_s"]))
     assert isinstance(frame, pl.DataFrame)
     if frame.height == 0:
         return FEATURES.empty_table()
-    frame = frame.select("account_id", "ts", "kwh", "interval_s").filter(
-        pl.col("kwh").is_not_null()
-        & pl.col("account_id").is_not_null()
-        & pl.col("ts").is_not_null()
-    )
+    if any(frame.get_column(c).null_count() for c in ("kwh", "account_id", "ts")):
+        frame = frame.filter(
+            pl.col("kwh").is_not_null()
+            & pl.col("account_id").is_not_null()
+            & pl.col("ts").is_not_null()
+        )
     if frame.height == 0:
         return FEATURES.empty_table()
     if not frame.get_column("account_id").is_sorted():
         # rows in account and time order, so that sums into hours add up in the same order
         # (and give the same bits) however the input was ordered
         frame = frame.sort("account_id", "ts", maintain_order=True)
-    acc = _Accounts.of(frame)
+    acc = _Accounts.of(frame, checked=True)
     keep = acc.usual_iv[acc.code] == acc.iv
     parts = []
     fine = keep & (acc.iv < 86400)
@@ -167,19 +168,21 @@ class _Accounts:
     last_us: np.ndarray
 
     @classmethod
-    def of(cls, frame: pl.DataFrame) -> _Accounts:
+    def of(cls, frame: pl.DataFrame, *, checked: bool = False) -> _Accounts:
         col = frame.get_column("account_id")
-        if not col.is_sorted():
+        if not checked and not col.is_sorted():
             raise ValueError("readings must be sorted by account_id")
         code = col.rle_id().to_numpy().astype(np.int64)
-        ids = col.filter(pl.Series(np.r_[True, code[1:] != code[:-1]]))
+        starts = np.flatnonzero(np.r_[True, code[1:] != code[:-1]])
+        ids = col.gather(starts)
         n = len(ids)
         ts = frame.get_column("ts").dt.epoch("us").to_numpy()
         iv = frame.get_column("interval_s").fill_null(-1).to_numpy().astype(np.int64)
-        first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-        last = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
-        np.minimum.at(first, code, ts)
-        np.maximum.at(last, code, ts)
+        first = np.minimum.reduceat(ts, starts)  # rows of an account are contiguous
+        last = np.maximum.reduceat(ts, starts)
+        lo, hi = int(iv.min()), int(iv.max())
+        if lo == hi:  # one interval throughout (the usual case): no tally needed
+            return cls(ids, code, ts, iv, np.full(n, lo, dtype=np.int64), first, last)
         values = np.sort(pl.Series(iv).unique().to_numpy())
         iv_index = np.searchsorted(values, iv)
         tally = np.bincount(code * len(values) + iv_index, minlength=n * len(values)).reshape(
@@ -278,19 +281,6 @@ def _matrix(
         value_col
     ).to_numpy()
     return ids.to_list(), mat, grid
-
-
-def _day_reduce(mat: np.ndarray, grid: _Grid, how: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per local day: fmin / sum of the columns, and the count of valid columns."""
-    starts = np.flatnonzero(np.r_[True, np.diff(grid.day) != 0])
-    valid = ~np.isnan(mat)
-    counts = np.add.reduceat(valid, starts, axis=1)
-    if how == "min":
-        red = np.fmin.reduceat(mat, starts, axis=1)
-    else:
-        red = np.add.reduceat(np.where(valid, mat, 0.0), starts, axis=1)
-    red = np.where(counts > 0, red, np.nan)
-    return red, counts
 
 
 # --------------------------------------------------------------------------- statistics
@@ -439,6 +429,11 @@ def _masked_max(mat: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(out), out, np.nan)
 
 
+def _div(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Mean from a sum and a count (NaN where the count is 0)."""
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def _cv(mat: np.ndarray, mask: np.ndarray) -> np.ndarray:
     m = mask & ~np.isnan(mat)
     c = m.sum(axis=1)
@@ -467,6 +462,10 @@ def _hour_matrix(
     and the counts; accounts without a complete hour are left out.
     """
     hour_us = 3_600_000_000
+    if rows.all() and (acc.usual_iv == 3600).all():
+        fast = _hour_matrix_hourly(acc, kwh, tz)
+        if fast is not None:
+            return fast
     code = acc.code[rows]
     iv = acc.iv[rows]
     slot = (acc.ts_us[rows] - iv * 1_000_000) // hour_us  # floor: hours since the epoch
@@ -495,6 +494,33 @@ def _hour_matrix(
     return ids, mat, grid
 
 
+def _hour_matrix_hourly(
+    acc: _Accounts, kwh: np.ndarray, tz: str
+) -> tuple[pl.Series, np.ndarray, _Grid] | None:
+    """:func:`_hour_matrix` when every reading is hourly: one reading is one complete hour.
+
+    The matrix is then a scatter of the readings, with no sums; ``None`` when two readings
+    fall into the same hour or are out of time order (the general path handles those).
+    """
+    hour_us = 3_600_000_000
+    slot = acc.ts_us // hour_us
+    slot -= 1  # (ts - 1 h) // 1 h: the hour in which the interval starts
+    h0, h1 = int(slot.min()), int(slot.max())
+    grid = _local_grid(_utc(h0 * hour_us), _utc(h1 * hour_us), 3600, tz)
+    start_us = int(grid.start_utc.astype("datetime64[us]").astype(np.int64))
+    j0 = (h0 * hour_us - start_us) // 1_000_000 // 3600
+    cols = len(grid.day)
+    cell = acc.code * cols
+    cell += slot
+    cell += j0 - h0
+    if not bool((cell[1:] > cell[:-1]).all()):
+        return None
+    mat = np.full((len(acc.ids), cols), np.nan, dtype=np.float64)
+    # + 0.0 turns -0.0 into 0.0, as the bincount sums of the general path do
+    mat.reshape(-1)[cell] = kwh + 0.0
+    return acc.ids, mat, grid
+
+
 def _utc(us: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
 
@@ -504,15 +530,27 @@ def _hourly_part(acc: _Accounts, rows: np.ndarray, kwh: np.ndarray, tz: str) -> 
     if not len(ids):
         return pl.DataFrame({"account_id": ids})
     valid = ~np.isnan(mat)
+    mat0 = np.where(valid, mat, 0.0)  # missing hours as 0 for sums (counted apart)
+    starts = np.flatnonzero(np.r_[True, np.diff(grid.day) != 0])
     with _quiet():
-        day_min, day_counts = _day_reduce(mat, grid, "min")
+        # per local day: lowest hour, energy and hours present (one pass each)
+        day_counts = np.add.reduceat(valid, starts, axis=1)
+        has_hours = day_counts > 0
+        day_min = np.where(has_hours, np.fmin.reduceat(mat, starts, axis=1), np.nan)
+        day_sum = np.add.reduceat(mat0, starts, axis=1)
         full_day = day_counts >= MIN_HOURS_PER_DAY
         base = np.where(full_day, day_min, np.nan)
         night_cols = (grid.hour >= NIGHT_HOURS[0]) & (grid.hour < NIGHT_HOURS[1])
-        night_mat = np.where(night_cols[None, :], mat, np.nan)
-        night_min, _ = _day_reduce(night_mat, grid, "min")
+        # the night minimum over the night columns only (a quarter of the matrix)
+        night_idx = np.flatnonzero(night_cols)
+        night_min = np.full(base.shape, np.nan)
+        if len(night_idx):
+            night_day = grid.day[night_idx]
+            n_starts = np.flatnonzero(np.r_[True, np.diff(night_day) != 0])
+            night_min[:, night_day[n_starts]] = np.fmin.reduceat(
+                mat[:, night_idx], n_starts, axis=1
+            )
         night = np.where(full_day, night_min, np.nan)
-        day_sum, _ = _day_reduce(mat, grid, "sum")
         day_kwh = np.where(full_day, day_sum * 24.0 / np.maximum(day_counts, 1), np.nan)
 
         ch_all = _change_point(base)
@@ -523,23 +561,36 @@ def _hourly_part(acc: _Accounts, rows: np.ndarray, kwh: np.ndarray, tz: str) -> 
         ch = _pick_change(ch_all, ch_night, use_night)
         has = ch.k >= 0
         after_cols = (grid.day[None, :] >= ch.k[:, None]) & has[:, None]
-        before_cols = ~after_cols
-        all_cols = np.ones_like(valid)
 
-        mean_kw = _masked_mean(mat, all_cols)
-        peak_kw = _masked_max(mat, all_cols)
+        n_valid = valid.sum(axis=1)
+        n_after = (valid & after_cols).sum(axis=1)
+        n_before = n_valid - n_after
+        sum_after = np.where(after_cols, mat0, 0.0).sum(axis=1)
+        sum_before = np.where(after_cols, 0.0, mat0).sum(axis=1)
+        mean_kw = _div(mat0.sum(axis=1), n_valid)
+        peak_kw = np.fmax.reduce(mat, axis=1)
         base_kw = _row_median(base)
         lf = _ratio(mean_kw, peak_kw)
-        lf_before = _ratio(_masked_mean(mat, before_cols), _masked_max(mat, before_cols))
+        lf_before = _ratio(
+            _div(sum_before, n_before), np.fmax.reduce(np.where(after_cols, np.nan, mat), axis=1)
+        )
         lf_after = np.where(
-            has, _ratio(_masked_mean(mat, after_cols), _masked_max(mat, after_cols)), np.nan
+            has,
+            _ratio(
+                _div(sum_after, n_after),
+                np.fmax.reduce(np.where(after_cols, mat, np.nan), axis=1),
+            ),
+            np.nan,
         )
         day_idx = np.arange(day_kwh.shape[1])[None, :]
         after_days = (day_idx >= ch.k[:, None]) & has[:, None]
         cv_daily = _cv(day_kwh, np.ones_like(after_days))
         cv_after = np.where(has, _cv(day_kwh, after_days), np.nan)
         day_cols = (grid.hour >= DAY_HOURS[0]) & (grid.hour < DAY_HOURS[1])
-        nd = _ratio(_masked_mean(mat, night_cols[None, :]), _masked_mean(mat, day_cols[None, :]))
+        nd = _ratio(
+            _div(mat0[:, night_cols].sum(axis=1), valid[:, night_cols].sum(axis=1)),
+            _div(mat0[:, day_cols].sum(axis=1), valid[:, day_cols].sum(axis=1)),
+        )
         day_weekend = np.zeros(day_kwh.shape[1], dtype=bool)
         day_weekend[grid.day] = grid.weekend
         we = _ratio(
@@ -547,13 +598,9 @@ def _hourly_part(acc: _Accounts, rows: np.ndarray, kwh: np.ndarray, tz: str) -> 
             _masked_mean(day_kwh, ~day_weekend[None, :]),
         )
         thresh = ch.before + 0.7 * ch.added
-        above = (mat >= thresh[:, None]) & after_cols & valid
-        duty = np.where(
-            has & (ch.added > 0),
-            above.sum(axis=1) / np.maximum((after_cols & valid).sum(axis=1), 1),
-            np.nan,
-        )
-        med_before = _row_median(np.where(before_cols, mat, np.nan))
+        above = ((mat >= thresh[:, None]) & after_cols).sum(axis=1)  # NaN compares False
+        duty = np.where(has & (ch.added > 0), above / np.maximum(n_after, 1), np.nan)
+        med_before = _row_median(np.where(after_cols, np.nan, mat))
         med_after = _row_median(np.where(after_cols, mat, np.nan))
         msr = np.where(
             has & (np.abs(ch.added) > 1e-6),
