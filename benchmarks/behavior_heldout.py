@@ -95,6 +95,7 @@ def cmd_miners(args: argparse.Namespace) -> None:
         duration=args.minutes * 60,
         seed=args.seed,
         first_round=args.first_round,
+        paced=args.paced,
         on_round=report,
     )
 
@@ -239,6 +240,7 @@ def evaluate_batch(
                 "family": [e["family"] for e in by_port.values()],
                 "variant": [e.get("variant", e["family"]) for e in by_port.values()],
                 "accepted_shares": [e.get("accepted_shares") for e in by_port.values()],
+                "paced": [bool(e.get("paced", False)) for e in by_port.values()],
                 "settings": [json.dumps(e.get("settings")) for e in by_port.values()],
             },
             schema_overrides={"dst_port": pl.Int64, "accepted_shares": pl.Int64},
@@ -282,6 +284,7 @@ def summary_rows(res: pl.DataFrame) -> list[dict[str, Any]]:
     tls = pl.col("family").str.contains("tls") | pl.col("family").is_in(
         ["mqtt-tls", "websocket-tls", "http2", "electrum-tls"]
     )
+    rate = pl.col("accepted_shares") / (pl.col("age_s") / 60.0)
     rows: list[dict[str, Any]] = []
     for path in ["pcap", "softflowd", "both"]:
         m = mining if path == "both" else mining.filter(pl.col("path") == path)
@@ -296,6 +299,10 @@ def summary_rows(res: pl.DataFrame) -> list[dict[str, Any]]:
                 b.head(0),
             ),
             ("all mining", m, b.head(0)),
+            ("TLS mining, pool-paced difficulty", m.filter(tls & pl.col("paced")), b.head(0)),
+            ("TLS mining, fixed difficulty", m.filter(tls & ~pl.col("paced")), b.head(0)),
+            ("TLS mining, ≥ 1 accepted share/min", m.filter(tls & (rate >= 1)), b.head(0)),
+            ("TLS mining, < 1 accepted share/min", m.filter(tls & (rate < 1)), b.head(0)),
         ]
         groups += [
             (f, m.filter(pl.col("family") == f), b.head(0)) for f in sorted(set(m["family"]))
@@ -327,6 +334,25 @@ def summary_rows(res: pl.DataFrame) -> list[dict[str, Any]]:
             if mm.height or bb.height:
                 rows.append(row)
     return rows
+
+
+def software_log(data: Path, batches: list[str]) -> pl.DataFrame:
+    """What each benign client was (software, role, parameters), from connections.jsonl."""
+    rows = []
+    for b in batches:
+        f = data / b / "connections.jsonl"
+        if f.exists():
+            for line in f.read_text().splitlines():
+                c = json.loads(line)
+                if c["client_port"] is not None:
+                    rows.append((b, c["family"], int(c["client_port"]), c["kind"],
+                                 json.dumps(c["params"])))  # fmt: skip
+    return pl.DataFrame(
+        rows,
+        schema={"batch": pl.Utf8, "family": pl.Utf8, "client_port": pl.Int64,
+                "kind": pl.Utf8, "params": pl.Utf8},
+        orient="row",
+    ).unique(["batch", "family", "client_port"], keep="last")  # fmt: skip
 
 
 def _pct(v: float | None, digits: int = 1) -> str:
@@ -449,24 +475,26 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             f"  {r['path']:9} {r['variant']:42} shares {r['accepted_shares']} "
             f"age {r['age_s']:.0f} s long-lived {r['long_lived']} delay {r['delay_s']}"
         )
+    res = res.join(software_log(args.data, sorted(set(res["batch"]))), how="left",
+                   left_on=["batch", "family", "src_port"],
+                   right_on=["batch", "family", "client_port"])  # fmt: skip
+    benign = res.filter((pl.col("label") == 0) & pl.col("long_lived"))
+    by_kind = (
+        benign.group_by("family", "kind")
+        .agg(long_lived=pl.len(), fp=pl.col("detected").sum())
+        .sort("family", "kind")
+    )
+    print("\nbenign long-lived connections by software and role (both paths):")
+    for r in by_kind.iter_rows(named=True):  # a report, a few rows
+        print(f"  {r['family']:14} {r['kind']!s:12} {r['long_lived']:6} FP {r['fp']}")
     fps = res.filter((pl.col("label") == 0) & pl.col("detected"))
     print(f"\nbenign connections detected as mining: {fps.height}")
-    if fps.height:
-        log = {}
-        for b in sorted(set(fps["batch"])):
-            f = args.data / b / "connections.jsonl"
-            if f.exists():
-                for line in f.read_text().splitlines():
-                    c = json.loads(line)
-                    if c["client_port"] is not None:
-                        log[(b, c["client_port"])] = c
-        for r in fps.iter_rows(named=True):  # a report, a few rows
-            c = log.get((r["batch"], r["src_port"]))
-            print(
-                f"  {r['path']} {r['batch']} {r['family']} client port {r['src_port']} "
-                f"conf {r['confidence']} after {r['delay_s']:.0f} s; software settings "
-                f"{json.dumps(c) if c else 'n/a'}\n    reasons: {r['reasons']}"
-            )
+    for r in fps.sort("family", "kind", "path").iter_rows(named=True):  # a report
+        print(
+            f"  {r['path']:9} {r['batch']} {r['family']} {r['kind']} client port "
+            f"{r['src_port']} conf {r['confidence']} after {r['delay_s']:.0f} s; "
+            f"settings {r['params']}\n    reasons: {r['reasons']}"
+        )
     rev = ident["rev"] if ident["rev"] != "working tree" else "worktree"
     out = args.json or args.data / f"results-{rev}.json"
     res.write_parquet(out.with_suffix(".parquet"))
@@ -506,6 +534,11 @@ def main() -> None:
     m.add_argument("--light", type=int, default=26, help="cn/argon2 miners per round")
     m.add_argument("--minutes", type=float, default=11.0)
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument(
+        "--paced",
+        action="store_true",
+        help="difficulty from the expected hash rate and a 10-120 s share interval",
+    )
     e = sub.add_parser("evaluate", help="run the shipped model over every held-out capture")
     e.add_argument("--paths", nargs="+", default=["pcap", "softflowd"])
     e.add_argument("--rev", help="evaluate the code and model of this git revision")

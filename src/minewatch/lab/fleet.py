@@ -826,12 +826,33 @@ DIFFICULTIES: dict[str, tuple[int, ...]] = {
 }
 #: Job intervals not used by behavior_data.MINER_VARIANTS (10-120 s there).
 JOB_INTERVALS: tuple[float, ...] = (7.0, 25.0, 40.0, 75.0, 100.0, 150.0, 240.0)
+#: Hash rate of one fleet miner per algorithm (H/s), as XMRig reported it in a first round
+#: of 40 niced miners on this 2-core machine at load ~80 (a dedicated core: ~5 H/s rx/0).
+EXPECTED_HS: dict[str, float] = {
+    "rx/0": 0.04,
+    "cn-pico": 1.8,
+    "cn/half": 0.14,
+    "argon2/chukwa": 9.0,
+    "cn-lite/1": 0.17,
+}
+#: Share intervals a pool's variable difficulty aims at (``paced`` plans).
+SHARE_INTERVALS: tuple[float, ...] = (10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0)
 
 
 def plan_miners(
-    n_randomx: int, n_light: int, round_no: int, seed: int = 0, tls_share: float = 0.8
+    n_randomx: int,
+    n_light: int,
+    round_no: int,
+    seed: int = 0,
+    tls_share: float = 0.8,
+    paced: bool = False,
 ) -> list[MinerSpec]:
-    """A round of miners with seeded settings, on ports of :data:`MINER_PORTS`."""
+    """A round of miners with seeded settings, on ports of :data:`MINER_PORTS`.
+
+    Difficulties come from :data:`DIFFICULTIES`, or with ``paced`` from the expected hash
+    rate and a target share interval (what a pool's variable difficulty does: the lab pool's
+    difficulty is fixed per run).
+    """
     rng = random.Random(f"miners-{seed}-{round_no}")
     specs = []
     offset = (round_no * 64) % (len(MINER_PORTS) - 64)
@@ -842,6 +863,8 @@ def plan_miners(
         keepalive = rng.random() < 0.5
         diff = rng.choice(DIFFICULTIES[algo])
         job = rng.choice(JOB_INTERVALS)
+        if paced:
+            diff = max(1, round(EXPECTED_HS[algo] * rng.choice(SHARE_INTERVALS)))
         port = MINER_PORTS[offset + k]
         tag = algo.replace("/", "").replace("-", "")
         name = (
@@ -931,6 +954,7 @@ def run_miner_fleet(
     first_round: int = 0,
     stagger_s: float = 2.0,
     xmrig: Path | None = None,
+    paced: bool = False,
     on_round: Callable[[int, list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """``rounds`` rounds of ``n_randomx + n_light`` concurrent XMRig runs; the manifest."""
@@ -942,7 +966,7 @@ def run_miner_fleet(
     launcher = idle_wrapper(out_dir, xmrig or find_xmrig())
     entries: list[dict[str, Any]] = []
     for r in range(first_round, first_round + rounds):
-        specs = plan_miners(n_randomx, n_light, r, seed)
+        specs = plan_miners(n_randomx, n_light, r, seed, paced=paced)
         round_entries: list[dict[str, Any]] = []
 
         def one(k: int, spec: MinerSpec) -> dict[str, Any]:
@@ -960,6 +984,7 @@ def run_miner_fleet(
                     )
         for e in round_entries:
             e["batch"] = f"miners-r{r}"
+            e["paced"] = paced
         entries.extend(round_entries)
         manifest = out_dir / "manifest.json"
         old = json.loads(manifest.read_text()) if manifest.exists() else []
