@@ -487,9 +487,17 @@ def _meters_screen(
 ) -> None:
     """Score every account; one JSON line per flagged account (every account with --all)."""
     import json
+    import os
+    from collections.abc import Iterator
 
     from minewatch.errors import InputError, Quarantine
-    from minewatch.sources.meters import read_accounts, read_labels, read_readings
+    from minewatch.sources.meters import (
+        LoadReport,
+        iter_readings,
+        merge_reports,
+        read_accounts,
+        read_labels,
+    )
 
     if fmt not in ("jsonl", "table") or engine not in ("local", "spark"):
         err_console.print("--format must be jsonl or table; --engine must be local or spark")
@@ -497,18 +505,39 @@ def _meters_screen(
     if kind not in ("auto", "interval", "register"):
         err_console.print("--kind must be auto, interval or register")
         raise typer.Exit(2)
+    import pyarrow as pa
+
+    from minewatch.engines import local as local_engine
+    from minewatch.power.detect import score
+
     q = Quarantine(path=quarantine)
+    reports: list[LoadReport] = []
+
+    def parts() -> Iterator[pa.Table]:
+        # a large Parquet file is read and checked in parts of whole accounts
+        for part in iter_readings(readings, kind=kind, tz=tz, quarantine=q):  # type: ignore[arg-type]
+            reports.append(part.report)
+            yield part.readings
+
     try:
-        data = read_readings(readings, kind=kind, tz=tz, quarantine=q)  # type: ignore[arg-type]
         acc = read_accounts(accounts, quarantine=q) if accounts else None
         lab = read_labels(labels, quarantine=q) if labels else None
+        if engine == "spark":
+            whole = pa.concat_tables(list(parts()))
+        else:
+            # features chunk by chunk of whole accounts (memory bounded by the part being
+            # checked and the chunks in flight), then one scoring pass over all features
+            big = readings.is_file() and readings.stat().st_size > 200_000_000
+            feats = local_engine.features_of_parts(
+                parts(), tz=tz, workers=min(2, os.cpu_count() or 1) if big else 1
+            )
     except InputError as exc:
         err_console.print(f"unusable input: {exc}")
         raise typer.Exit(2) from exc
     finally:
         q.close()
-    rep = data.report
-    if data.readings.num_rows == 0:
+    rep = merge_reports(reports)
+    if rep.intervals == 0:
         err_console.print(
             f"unusable input: {readings}: no valid readings ({rep.rejected} of {rep.read} "
             f"rejected: {rep.rejected_by_reason}) (see --quarantine for the records)"
@@ -516,22 +545,13 @@ def _meters_screen(
         raise typer.Exit(2)
     if engine == "spark":
         from minewatch.engines import spark as spark_engine
-        from minewatch.power.detect import score
 
         session = spark_engine.session()
         try:
-            feats = spark_engine.features(data.readings, spark=session, tz=tz)
+            feats = spark_engine.features(whole, spark=session, tz=tz)
         finally:
             session.stop()
-        scores = score(feats, acc, labels=lab, threshold=threshold)
-    else:
-        from minewatch.engines import local as local_engine
-        from minewatch.power.detect import score
-
-        # features chunk by chunk of whole accounts (memory of the accounts x hours matrices
-        # bounded by the chunk), then one scoring pass over all accounts' features
-        feats = local_engine.features(data.readings, tz=tz)
-        scores = score(feats, acc, labels=lab, threshold=threshold)
+    scores = score(feats, acc, labels=lab, threshold=threshold)
     from minewatch.power.detect import screen_record
 
     rows = [screen_record(r) for r in scores.to_pylist() if all_accounts or r["flagged"]]
@@ -571,13 +591,20 @@ def _meters_plot(
     kind: str = typer.Option("auto", "--kind", help="auto, interval or register."),
 ) -> None:
     """Draw one account's load with the detected change marked (PNG)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     from minewatch.errors import InputError
     from minewatch.power.plot import plot_account
-    from minewatch.sources.meters import read_readings
+    from minewatch.sources.meters import iter_readings
 
     try:
-        data = read_readings(readings, kind=kind, tz=tz)  # type: ignore[arg-type]
-        plot_account(data.readings, account, out, tz=tz)
+        # a large Parquet file is read in parts; only this account's readings are kept
+        parts = [
+            p.readings.filter(pc.equal(p.readings.column("account_id"), account))
+            for p in iter_readings(readings, kind=kind, tz=tz)  # type: ignore[arg-type]
+        ]
+        plot_account(pa.concat_tables(parts), account, out, tz=tz)
     except InputError as exc:
         err_console.print(f"unusable input: {exc}")
         raise typer.Exit(2) from exc
