@@ -133,3 +133,22 @@ def test_spark_engine_gives_the_same_lines(files: dict[str, Path]) -> None:
     spark = invoke("screen", str(files["readings"]), "--all", "--engine", "spark")
     assert spark.exit_code == 0, spark.stderr  # type: ignore[attr-defined]
     assert spark.stdout == local.stdout  # type: ignore[attr-defined]
+
+
+def test_large_parquet_is_screened_in_parts(files: dict[str, Path], monkeypatch) -> None:
+    from minewatch.sources import meters as source
+
+    whole = invoke("screen", str(files["readings"]), "--all")
+    assert whole.exit_code == 0  # type: ignore[attr-defined]
+    frame = pl.read_csv(files["readings"], infer_schema=False)
+    parquet = files["dir"] / "readings.parquet"
+    frame.write_parquet(parquet, row_group_size=5_000)
+    monkeypatch.setattr(source, "PART_ROWS", 12_000)  # 61 accounts x 1512 h: 8+ parts
+    parts = list(source.iter_readings(parquet))
+    assert len(parts) >= 5
+    r = invoke("screen", str(parquet), "--all")
+    assert r.exit_code == 0  # type: ignore[attr-defined]
+    key = [json.loads(x) for x in r.stdout.splitlines()]  # type: ignore[attr-defined]
+    ref = [json.loads(x) for x in whole.stdout.splitlines()]  # type: ignore[attr-defined]
+    assert sorted(key, key=lambda x: x["account_id"]) == sorted(ref, key=lambda x: x["account_id"])
+    assert "3 rejected" in r.stderr  # type: ignore[attr-defined]

@@ -400,6 +400,14 @@ def map_accounts(
             yield from _map_parts(fn, parts, accounts_per_chunk, workers, processes, key)
             return
     chunks = iter_chunks(source, accounts_per_chunk, key=key, spill_dir=spill_dir, spill=spill)
+    yield from _pool_map(fn, chunks, workers, processes)
+
+
+def _pool_map(
+    fn: AccountFn, chunks: Iterable[pa.Table], workers: int, processes: bool
+) -> Iterator[pa.Table]:
+    """``fn`` over ``chunks`` in order, in a pool of ``workers`` (at most ``workers + 1`` in
+    flight)."""
     if workers <= 1:
         for chunk in chunks:
             yield fn(chunk)
@@ -515,6 +523,27 @@ def features(
         workers=workers,
         spill_dir=spill_dir,
     )
+
+
+def features_of_parts(
+    tables: Iterable[pa.Table],
+    *,
+    tz: str = "UTC",
+    accounts_per_chunk: int | None = None,
+    workers: int = 1,
+) -> pa.Table:
+    """Features of a stream of tables that each hold whole accounts (no account in two).
+
+    What :func:`minewatch.sources.meters.iter_readings` yields: each table is cut into
+    chunks and all chunks share one pool, so only one table and the chunks in flight are in
+    memory at a time.
+    """
+    from minewatch.power import features as feat
+
+    fn = functools.partial(feat.account_features, tz=tz)
+    chunks = itertools.chain.from_iterable(iter_chunks(t, accounts_per_chunk) for t in tables)
+    parts = list(_pool_map(fn, chunks, workers, processes=True))
+    return pa.concat_tables(parts) if parts else feat.FEATURES.empty_table()
 
 
 def screen(

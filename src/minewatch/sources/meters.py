@@ -33,7 +33,8 @@ All work is done column-wise in Polars; no Python loop runs per reading.
 from __future__ import annotations
 
 import gzip
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -698,7 +699,25 @@ def read_readings(
         raise InputError("empty file", path=path, hint="export the meter data again")
     if _pick(frame.columns, ("cons_no",)) is not None and _pick(frame.columns, _TS_COLS) is None:
         return _read_sgcc(frame, path, is_csv, tz=tz, max_kw=max_kw, quarantine=quarantine)
-    cols = frame.columns
+    return _read_long(
+        frame, path, is_csv, kind=kind, tz=tz, label=label, max_kw=max_kw, quarantine=quarantine
+    )
+
+
+def _read_long(
+    frame: pl.DataFrame,
+    path: Path,
+    is_csv: bool,
+    *,
+    kind: Kind,
+    tz: str,
+    label: Literal["end", "start"],
+    max_kw: float,
+    quarantine: Quarantine | None,
+) -> MeterData:
+    """Long interval or register readings of a loaded frame (the whole file or a part of it
+    holding whole accounts; a part carries each record's place in the file as ``_row``)."""
+    cols = [c for c in frame.columns if c != "_row"]
     acct_col = _pick(cols, _ACCOUNT_COLS)
     meter_col = _pick(cols, _METER_COLS)
     if acct_col is None and meter_col is not None:
@@ -747,7 +766,9 @@ def read_readings(
         )
     assert acct_col is not None and ts_col is not None
     record_cols = list(cols)
-    frame = frame.with_row_index("_row").with_columns(
+    if "_row" not in frame.columns:
+        frame = frame.with_row_index("_row")
+    frame = frame.with_columns(
         _acct=pl.col(acct_col).cast(pl.String).str.strip_chars(),
         _value=pl.col(value).cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
         if frame.schema[value] == pl.String
@@ -784,6 +805,208 @@ def read_readings(
         meter_col=meter_col,
     )
     return MeterData(readings=_to_arrow(out), report=report)
+
+
+#: A Parquet file of long readings with more rows than this is read in parts of whole accounts.
+PART_ROWS = 10_000_000
+
+
+def merge_reports(reports: Sequence[LoadReport]) -> LoadReport:
+    """One report for a file read in parts (counts added, reasons and intervals merged)."""
+    out = LoadReport(path=reports[0].path, format=reports[0].format)
+    for r in reports:
+        for name in (
+            "read",
+            "accepted",
+            "rejected",
+            "accounts",
+            "intervals",
+            "gaps",
+            "rollovers",
+            "replacements",
+            "empty_cells",
+        ):
+            setattr(out, name, getattr(out, name) + getattr(r, name))
+        for reason, n in r.rejected_by_reason.items():
+            out.rejected_by_reason[reason] = out.rejected_by_reason.get(reason, 0) + n
+        for iv, n in r.accounts_by_interval_s.items():
+            out.accounts_by_interval_s[iv] = out.accounts_by_interval_s.get(iv, 0) + n
+    out.rejected_by_reason = dict(sorted(out.rejected_by_reason.items()))
+    out.accounts_by_interval_s = dict(sorted(out.accounts_by_interval_s.items()))
+    return out
+
+
+def iter_readings(
+    path: str | Path,
+    *,
+    kind: Kind = "auto",
+    tz: str = "UTC",
+    label: Literal["end", "start"] = "end",
+    max_kw: float = 2000.0,
+    quarantine: Quarantine | None = None,
+    part_rows: int | None = None,
+    spill_dir: str | Path | None = None,
+) -> Iterator[MeterData]:
+    """:func:`read_readings` in parts of whole accounts, so a large file is never held whole.
+
+    A Parquet file of long readings with more than ``part_rows`` rows (default
+    :data:`PART_ROWS`) is cut into parts of whole accounts: along its row groups when it is
+    ordered by account (checked from the row-group statistics, then part by part), otherwise
+    through hash buckets of the account id spilled to ``spill_dir``. Every part goes through
+    the same checks as :func:`read_readings`; quarantined records keep their record number in
+    the file, and :func:`merge_reports` of the parts' reports conserves the counts. The kind
+    (interval or register) is decided once, on the first part. Two things are per part rather
+    than per file: the fallback interval of accounts with a single reading (the most common
+    interval of the part) and the order of the output. CSV, SGCC wide and smaller files are
+    read whole (one part).
+    """
+    from minewatch.engines import local
+
+    path = Path(path)
+    limit = PART_ROWS if part_rows is None else part_rows
+    whole = dict(kind=kind, tz=tz, label=label, max_kw=max_kw, quarantine=quarantine)
+    try:
+        with path.open("rb") as fh:
+            parquet = fh.read(4) == b"PAR1"
+    except OSError:
+        parquet = False
+    if not parquet:
+        yield read_readings(path, **whole)  # type: ignore[arg-type]
+        return
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception:
+        yield read_readings(path, **whole)  # type: ignore[arg-type]  # raises the clear error
+        return
+    names = meta.schema.to_arrow_schema().names
+    acct_col = _pick(names, _ACCOUNT_COLS) or _pick(names, _METER_COLS)
+    sgcc = _pick(names, ("cons_no",)) is not None and _pick(names, _TS_COLS) is None
+    if meta.num_rows <= limit or acct_col is None or sgcc:
+        yield read_readings(path, **whole)  # type: ignore[arg-type]
+        return
+    try:
+        parts = local.plan_parts(path, limit, key=acct_col)
+    except local.UnorderedInput:
+        parts = None
+    decided: Kind = kind
+    if parts is not None:
+        offsets = _row_group_offsets(meta)
+        last: str | None = None
+        for part in parts:
+            batches = list(local._part_batches(part, 1_000_000, acct_col))
+            table = pa.Table.from_batches(batches)
+            first_row = offsets[part.row_groups[0]] + _skipped(part, acct_col)
+            frame = pl.from_arrow(table)
+            assert isinstance(frame, pl.DataFrame)
+            frame = frame.with_columns(
+                _row=pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64)
+            )
+            data = _read_part(frame, path, decided, tz, label, max_kw, quarantine)
+            decided = "register" if data.report.format == "long-register" else "interval"
+            ids = data.readings.column("account_id")
+            if len(ids):
+                if last is not None and ids[0].as_py() <= last:
+                    raise InputError(
+                        f"account {ids[0].as_py()!r} appears again after {last!r}: the file "
+                        "is ordered by account only with the spaces around the ids",
+                        path=path,
+                        field=acct_col,
+                        hint="strip the account ids, or sort the file by account",
+                    )
+                last = ids[-1].as_py()
+            yield data
+        return
+    yield from _read_spilled(
+        path, acct_col, limit, spill_dir, decided, tz, label, max_kw, quarantine
+    )
+
+
+def _row_group_offsets(meta: object) -> list[int]:
+    """Row number in the file of the first row of each row group."""
+    sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]  # type: ignore[attr-defined]
+    out, total = [], 0
+    for n in sizes:
+        out.append(total)
+        total += n
+    return out
+
+
+def _skipped(part: object, key: str) -> int:
+    """Rows at the start of a part's first row group that belong to the previous part."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    skip = getattr(part, "skip", None)
+    if skip is None:
+        return 0
+    ids = pq.ParquetFile(part.path).read_row_group(part.row_groups[0], columns=[key])  # type: ignore[attr-defined]
+    return int(pc.sum(pc.equal(ids.column(0), skip)).as_py() or 0)
+
+
+def _read_part(
+    frame: pl.DataFrame,
+    path: Path,
+    kind: Kind,
+    tz: str,
+    label: Literal["end", "start"],
+    max_kw: float,
+    quarantine: Quarantine | None,
+) -> MeterData:
+    if frame.height == 0:
+        return MeterData(
+            readings=READINGS.empty_table(),
+            report=LoadReport(path=str(path), format="long-interval"),
+        )
+    return _read_long(
+        frame, path, False, kind=kind, tz=tz, label=label, max_kw=max_kw, quarantine=quarantine
+    )
+
+
+def _read_spilled(
+    path: Path,
+    acct_col: str,
+    part_rows: int,
+    spill_dir: str | Path | None,
+    kind: Kind,
+    tz: str,
+    label: Literal["end", "start"],
+    max_kw: float,
+    quarantine: Quarantine | None,
+) -> Iterator[MeterData]:
+    """Parts of a Parquet file not ordered by account: hash buckets of the stripped id."""
+    import math
+
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    from minewatch.engines import local
+
+    dataset = ds.dataset(str(path), format="parquet")
+    n_buckets = max(1, math.ceil(dataset.count_rows() / part_rows))
+
+    def numbered() -> Iterator[pa.Table]:
+        row = 0
+        for batch in dataset.to_batches(batch_size=1_000_000):
+            key = pc.utf8_trim_whitespace(pc.cast(batch.column(acct_col), pa.string()))
+            table = pa.Table.from_batches([batch]).append_column("_key", key)
+            table = table.append_column(
+                "_row", pa.array(range(row, row + batch.num_rows), type=pa.int64())
+            )
+            row += batch.num_rows
+            yield table
+
+    decided = kind
+    with tempfile.TemporaryDirectory(dir=spill_dir, prefix="minewatch-readings-") as tmp:
+        for bucket in local.spill_buckets(numbered(), tmp, n_buckets, key="_key"):
+            frame = pl.from_arrow(pq.read_table(bucket).drop_columns(["_key"]))
+            assert isinstance(frame, pl.DataFrame)
+            frame = frame.sort("_row")  # file order inside the bucket (first duplicate wins)
+            data = _read_part(frame, path, decided, tz, label, max_kw, quarantine)
+            decided = "register" if data.report.format == "long-register" else "interval"
+            yield data
 
 
 def _looks_cumulative(frame: pl.DataFrame) -> bool:
