@@ -241,9 +241,16 @@ def evaluate_batch(
                 "variant": [e.get("variant", e["family"]) for e in by_port.values()],
                 "accepted_shares": [e.get("accepted_shares") for e in by_port.values()],
                 "paced": [bool(e.get("paced", False)) for e in by_port.values()],
+                "job_interval": [
+                    (e.get("settings") or {}).get("job_interval") for e in by_port.values()
+                ],
                 "settings": [json.dumps(e.get("settings")) for e in by_port.values()],
             },
-            schema_overrides={"dst_port": pl.Int64, "accepted_shares": pl.Int64},
+            schema_overrides={
+                "dst_port": pl.Int64,
+                "accepted_shares": pl.Int64,
+                "job_interval": pl.Float64,
+            },
         )
         c = (
             conns.with_columns(pl.col("src_port", "dst_port").cast(pl.Int64))
@@ -303,6 +310,12 @@ def summary_rows(res: pl.DataFrame) -> list[dict[str, Any]]:
             ("TLS mining, fixed difficulty", m.filter(tls & ~pl.col("paced")), b.head(0)),
             ("TLS mining, ≥ 1 accepted share/min", m.filter(tls & (rate >= 1)), b.head(0)),
             ("TLS mining, < 1 accepted share/min", m.filter(tls & (rate < 1)), b.head(0)),
+            ("TLS mining, job every 7 s", m.filter(tls & (pl.col("job_interval") < 10)), b.head(0)),
+            (
+                "TLS mining, job every ≥ 25 s",
+                m.filter(tls & (pl.col("job_interval") >= 10)),
+                b.head(0),
+            ),
         ]
         groups += [
             (f, m.filter(pl.col("family") == f), b.head(0)) for f in sorted(set(m["family"]))
