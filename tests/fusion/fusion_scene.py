@@ -36,6 +36,7 @@ def det(
     detector: str = "stratum",
     wallet: str | None = None,
     dst_ip: str = "192.0.2.200",
+    hours: float = 2.0,
 ) -> dict[str, Any]:
     return detection_row(
         {
@@ -44,8 +45,8 @@ def det(
             "dst_ip": dst_ip,
             "dst_port": 3333,
             "proto": "tcp",
-            "first_seen": (D + dt.timedelta(hours=2)).isoformat(),
-            "last_seen": (D + dt.timedelta(hours=3)).isoformat(),
+            "first_seen": (D + dt.timedelta(hours=hours)).isoformat(),
+            "last_seen": (D + dt.timedelta(hours=hours + 1)).isoformat(),
             "detector": detector,
             "confidence": conf,
             "hashrate_hs": hr,

@@ -11,6 +11,8 @@ from minewatch.fusion.policy import load_policy
 from minewatch.fusion.risk import (
     CONTRADICTION_PENALTY,
     PRIOR,
+    RECUR_PER_DOUBLING,
+    TIMING_BONUS,
     classify,
     fuse,
     suspect_records,
@@ -230,3 +232,57 @@ def test_detector_families_follow_what_each_detector_can_know() -> None:
     )
     fams = df.with_columns(f=_family_expr())["f"].to_list()
     assert fams == ["stratum", "behavior", "intel", "behavior", "meters", "network"]
+
+
+def _month_leases(sc: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    return sc["leases"].with_columns(end=pl.col("start") + pl.duration(days=30))
+
+
+def test_sessions_to_one_far_end_on_several_days_count_a_little_more() -> None:
+    sc = scene()
+    rows = []
+    for day in (3, 5, 9):
+        rows.append(det("10.0.0.1", 40000 + day, 0.8, detector="behavior", hours=24 * day))
+        # s4: the same detector and scores, but a new far end every day (a p2p node)
+        rows.append(
+            det(
+                "10.0.0.4",
+                41000 + day,
+                0.8,
+                detector="behavior",
+                hours=24 * day,
+                dst_ip=f"198.18.0.{day}",
+            )
+        )
+    s = by_premises(
+        fuse(evidence(rows), _month_leases(sc), sc["subscribers"], sc["accounts"]).suspects
+    )
+    gain = s["a1"]["log_odds"] - s["a4"]["log_odds"]
+    assert math.isclose(gain, RECUR_PER_DOUBLING * math.log2(3), abs_tol=1e-3)
+    assert any("on 3 distinct days" in r for r in s["a1"]["reasons"])
+    assert not any("distinct days" in r for r in s["a4"]["reasons"])
+
+
+def test_meter_change_at_the_time_mining_was_first_seen_corroborates() -> None:
+    sc = scene()
+    rows = [
+        det("10.0.0.2", 40000, 0.8, detector="behavior", hours=1),  # observation starts day 0
+        det("10.0.0.1", 40001, 0.8, detector="behavior", hours=24 * 9),
+        det("10.0.0.4", 40002, 0.8, detector="behavior", hours=24 * 9),
+        meter("a1", 0.5, 2.0, since="2026-12-05"),  # day 10: one day after the first session
+        meter("a4", 0.5, 2.0, since="2026-12-15"),  # day 20: unrelated
+    ]
+    s = by_premises(
+        fuse(evidence(rows), _month_leases(sc), sc["subscribers"], sc["accounts"]).suspects
+    )
+    assert math.isclose(s["a1"]["log_odds"] - s["a4"]["log_odds"], TIMING_BONUS, abs_tol=1e-3)
+    assert any("both sources agree on when" in r for r in s["a1"]["reasons"])
+    # A rig seen from the first day of observation may predate it: no timing evidence.
+    early = [
+        det("10.0.0.1", 40001, 0.8, detector="behavior", hours=1),
+        meter("a1", 0.5, 2.0, since="2026-11-26"),
+    ]
+    e = by_premises(
+        fuse(evidence(early), _month_leases(sc), sc["subscribers"], sc["accounts"]).suspects
+    )
+    assert not any("both sources agree on when" in r for r in e["a1"]["reasons"])

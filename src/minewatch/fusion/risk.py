@@ -59,6 +59,18 @@ CONTRADICTION_PENALTY = 1.0
 # Below this much added power (kW) a meter screen cannot be expected to see a rig.
 METER_VISIBLE_KW = 0.5
 SAME_SOURCE_SHARE = 0.25
+# Sessions of one premises that reach the same far end on several days: a pool is a fixed
+# endpoint, one-off false alarms do not recur, p2p nodes change peers. Look-alikes pinned to
+# one far end (VPN, tunnel keep-alives) recur as well, so the bonus is small and bounded:
+# RECUR_PER_DOUBLING per doubling of the distinct days, at most RECUR_MAX.
+RECUR_PER_DOUBLING = 0.5
+RECUR_MAX = 1.5
+# The meter's added load began within TIMING_DAYS of the first mining session the network saw
+# (and that session is not simply the first day of observation): two independent sources
+# agree on when. By chance, for a look-alike on each side, about 2*TIMING_DAYS/window of
+# premises would line up (~0.2 in four weeks); for a rig that starts in the window most do.
+TIMING_DAYS = 2
+TIMING_BONUS = 1.0
 
 
 @dataclass(frozen=True)
@@ -585,6 +597,24 @@ def _aggregate(pe: pl.DataFrame, prior: float) -> pl.DataFrame:
         .head(5),
         wallets=pl.col("wallet").drop_nulls().unique().sort().head(5),
     )
+    rec = (
+        own.filter(pl.col("dst_ip").is_not_null() & pl.col("window_start").is_not_null())
+        .with_columns(endpoint=pl.format("{}:{}", pl.col("dst_ip"), pl.col("dst_port")))
+        .group_by("premises_id", "endpoint")
+        .agg(days=pl.col("window_start").dt.date().n_unique())
+        .sort("days", "endpoint", descending=[True, False])
+        .group_by("premises_id", maintain_order=True)
+        .agg(recur_days=pl.col("days").first(), recur_endpoint=pl.col("endpoint").first())
+        .with_columns(
+            recur_llr=pl.when(pl.col("recur_days") >= 2)
+            .then(
+                (pl.col("recur_days").cast(pl.Float64).log(2) * RECUR_PER_DOUBLING).clip(
+                    0.0, RECUR_MAX
+                )
+            )
+            .otherwise(0.0)
+        )
+    )
     pw = (
         pe.filter(pl.col("source") == "power")
         .group_by("premises_id")
@@ -594,6 +624,7 @@ def _aggregate(pe: pl.DataFrame, prior: float) -> pl.DataFrame:
         wide.join(strength, on="premises_id", how="left")
         .join(nets, on="premises_id", how="left")
         .join(pw, on="premises_id", how="left")
+        .join(rec, on="premises_id", how="left")
         .join(
             hr.group_by("premises_id").agg(
                 hashrate_hs=pl.col("hashrate_hs").sum(),
@@ -604,12 +635,32 @@ def _aggregate(pe: pl.DataFrame, prior: float) -> pl.DataFrame:
             how="left",
         )
     )
+    obs_start = net["window_start"].min() if net.height else None
+    near = (pl.col("first_seen") - pl.col("power_since")).abs() <= pl.duration(days=TIMING_DAYS)
+    after_start = (
+        (pl.col("first_seen") - pl.lit(obs_start)) > pl.duration(days=TIMING_DAYS)
+        if obs_start is not None
+        else pl.lit(False)
+    )
+    out = out.with_columns(
+        timing_llr=pl.when(
+            pl.col("power_since").is_not_null()
+            & pl.col("first_seen").is_not_null()
+            & (pl.col("added_kw").fill_null(0.0) > 0)
+            & after_start
+            & near
+        )
+        .then(TIMING_BONUS)
+        .otherwise(0.0)
+    )
     return out.with_columns(
         log_odds=_logit(prior)
         + pl.sum_horizontal(
+            pl.col("timing_llr"),
             pl.col("llr_network").fill_null(0.0),
             pl.col("llr_power").fill_null(0.0),
             pl.col("llr_finance").fill_null(0.0),
+            pl.col("recur_llr").fill_null(0.0),
         ),
     )
 
@@ -812,6 +863,25 @@ def _reasons(s: pl.DataFrame, pe: pl.DataFrame) -> pl.DataFrame:
             pl.col("shared_max"),
         )
     )
+    recur_txt = pl.when(pl.col("recur_llr").fill_null(0.0) > 0).then(
+        pl.format(
+            "sessions reached the same far end {} on {} distinct days (a pool stays put; "
+            "one-off false alarms do not recur): +{}",
+            pl.col("recur_endpoint"),
+            pl.col("recur_days"),
+            pl.col("recur_llr").round(2),
+        )
+    )
+    timing_txt = pl.when(pl.col("timing_llr") > 0).then(
+        pl.format(
+            "the meter's added load began {}, within {} days of the first mining session "
+            "seen ({}): both sources agree on when: +{}",
+            pl.col("power_since").dt.strftime("%Y-%m-%d"),
+            pl.lit(TIMING_DAYS),
+            pl.col("first_seen").dt.strftime("%Y-%m-%d %H:%M"),
+            pl.col("timing_llr").round(2),
+        )
+    )
     absent_txt = pl.when(pl.col("absence_llr") < 0).then(
         pl.format(
             "no mining session seen on the lines of {} in the period (the network sees most "
@@ -825,6 +895,8 @@ def _reasons(s: pl.DataFrame, pe: pl.DataFrame) -> pl.DataFrame:
             pl.col("ev_lines").fill_null(pl.lit([], pl.List(pl.String))),
             pl.concat_list(
                 pl.col("consistency_text"),
+                recur_txt,
+                timing_txt,
                 absent_txt,
                 link_txt,
                 shared_txt,

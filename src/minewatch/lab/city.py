@@ -49,7 +49,9 @@ Network evidence (what ``minewatch scan`` / ``flows detect`` would print)
     * a rig's sessions go to its pool's address (one address per pool, ``POOL_IPS``);
       look-alike sessions go to a peer drawn per session from 198.18.0.0/15;
     * false positives: full nodes and other look-alike traffic at ``node_share`` of the
-      non-mining premises (``behavior``, U(0.5, 0.9), on half the days), random one-off
+      non-mining premises (``behavior``, U(0.5, 0.9), on half the days, a new peer each
+      time), look-alikes pinned to one far end (VPN/tunnel keep-alives) at ``pinned_share``
+      (the same, always to one address of 198.19.0.0/16, port 1194), random one-off
       ``behavior`` false alarms at a rate of ``fp_rate`` per premises-day, and ``intel`` hits
       from exchange and crypto-site visits at ``intel_share`` of premises.
 
@@ -147,6 +149,7 @@ class CitySpec:
     p_seen: float = 0.6
     p_no_port: float = 0.08
     node_share: float = 0.01
+    pinned_share: float = 0.01
     fp_rate: float = 0.0005
     intel_share: float = 0.02
     # lease damage
@@ -634,7 +637,7 @@ def _detections(
         .with_columns(kind_det=pl.lit("intel"))
     )
     rig_rows = pl.concat([rig_rows, extra])
-    rig_rows = rig_rows.with_columns(mining=pl.lit(True))
+    rig_rows = rig_rows.with_columns(mining=pl.lit(True), fixed_peer=pl.lit(None, pl.Int64))
 
     # False positives at non-mining premises.
     non = truth.filter(~pl.col("mining"))
@@ -658,6 +661,23 @@ def _detections(
                 }
             )
         )
+    # Look-alikes with one fixed far end (a VPN or tunnel keep-alive, a node pinned to one
+    # peer), drawn from their own stream so the draws above stay as they were.
+    vrng = np.random.default_rng([spec.seed, 0x76706E])
+    vpn_days = (vrng.random(n_n) < spec.pinned_share)[:, None] & (vrng.random((n_n, days)) < 0.5)
+    v_i, vd_i = np.nonzero(vpn_days)
+    parts = [p.with_columns(fixed_peer=pl.lit(None, pl.Int64)) for p in parts]
+    parts.append(
+        pl.DataFrame(
+            {
+                "nrow": v_i,
+                "first_s": vd_i * 86400.0 + (vrng.uniform(6, 23, len(v_i)) - utc_offset_h) * 3600.0,
+                "dur_s": vrng.uniform(300, 4 * 3600, len(v_i)),
+                "kind_det": ["behavior"] * len(v_i),
+                "fixed_peer": v_i.astype(np.int64),
+            }
+        )
+    )
     fps = (
         pl.concat(parts)
         .join(
@@ -787,8 +807,16 @@ def _detections(
             {
                 "src_ip": r["src_ip"],
                 "src_port": r["src_port"],
-                "dst_ip": POOL_IPS[int(r["pool"])] if pool else peer_ip[i],
-                "dst_port": pool[3] if pool else int(peer_port[i]),
+                "dst_ip": POOL_IPS[int(r["pool"])]
+                if pool
+                else (
+                    peer_ip[i]
+                    if r["fixed_peer"] is None
+                    else f"198.19.{(r['fixed_peer'] >> 8) & 255}.{r['fixed_peer'] & 255}"
+                ),
+                "dst_port": pool[3]
+                if pool
+                else (int(peer_port[i]) if r["fixed_peer"] is None else 1194),
                 "proto": "tcp",
                 "first_seen": r["first"].strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "last_seen": r["last"].strftime("%Y-%m-%dT%H:%M:%SZ"),
