@@ -251,7 +251,7 @@ def test_sessions_to_one_far_end_on_several_days_count_a_little_more() -> None:
                 0.8,
                 detector="behavior",
                 hours=24 * day,
-                dst_ip=f"198.18.0.{day}",
+                dst_ip=f"240.0.0.{day}",
             )
         )
     s = by_premises(

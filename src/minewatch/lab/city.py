@@ -47,11 +47,11 @@ Network evidence (what ``minewatch scan`` / ``flows detect`` would print)
     * sessions from behind CGNAT carry the public address and a port from the block, except
       ``p_no_port`` of them (collectors that aggregate ports away);
     * a rig's sessions go to its pool's address (one address per pool, ``POOL_IPS``);
-      look-alike sessions go to a peer drawn per session from 198.18.0.0/15;
+      look-alike sessions go to a peer drawn per session from 240.0.0.0/15;
     * false positives: full nodes and other look-alike traffic at ``node_share`` of the
       non-mining premises (``behavior``, U(0.5, 0.9), on half the days, a new peer each
       time), look-alikes pinned to one far end (VPN/tunnel keep-alives) at ``pinned_share``
-      (the same, always to one address of 198.19.0.0/16, port 1194), random one-off
+      (the same, always to one address of 241.0.0.0/16, port 1194), random one-off
       ``behavior`` false alarms at a rate of ``fp_rate`` per premises-day, and ``intel`` hits
       from exchange and crypto-site visits at ``intel_share`` of premises.
 
@@ -774,8 +774,9 @@ def _detections(
     # drawn per session from another documentation range. Own stream, so the draws above
     # stay as they were.
     drng = np.random.default_rng([spec.seed, 0x647374])
-    peer = drng.integers(1, 1 << 17, n)  # 198.18.0.0/15, the benchmarking range
-    peer_ip = [f"198.{18 + (x >> 16)}.{(x >> 8) & 255}.{x & 255}" for x in peer]
+    # Far ends from the reserved 240.0.0.0/4, which no range of the city uses.
+    peer = drng.integers(1, 1 << 17, n)
+    peer_ip = [f"240.{x >> 16}.{(x >> 8) & 255}.{x & 255}" for x in peer]
     peer_port = drng.choice(np.array([443, 8333, 18080, 30303]), n)
     out: list[dict[str, Any]] = []
     truth_rows = []
@@ -812,7 +813,7 @@ def _detections(
                 else (
                     peer_ip[i]
                     if r["fixed_peer"] is None
-                    else f"198.19.{(r['fixed_peer'] >> 8) & 255}.{r['fixed_peer'] & 255}"
+                    else f"241.0.{(r['fixed_peer'] >> 8) & 255}.{r['fixed_peer'] & 255}"
                 ),
                 "dst_port": pool[3]
                 if pool
