@@ -4,7 +4,7 @@ Generates benchmark readings with :mod:`minewatch.lab.meters` into a Parquet fil
 ``--data-dir`` and reused), then runs, each in its own process on the same file:
 
 - ``minewatch``: ``minewatch.engines.local.features`` (all ~30 features of
-  ``minewatch.power.features``, chunks of whole accounts streamed from Parquet);
+  ``minewatch.power.features``; each worker reads its own row-group parts of the file);
 - ``pandas``: ``benchmarks/baselines/meters_pandas.py`` (12 of those features, same
   definitions, ``groupby`` + per-account ``apply``) on the first ``--pandas-accounts``
   accounts, read with ``pandas.read_parquet``.

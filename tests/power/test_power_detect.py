@@ -199,3 +199,25 @@ def test_verified_outcomes_train_the_supervised_model(realistic: tuple) -> None:
     unseen = [r for r in out if r["account_id"] not in set(known)]
     y = [truth[r["account_id"]] for r in unseen]
     assert roc_auc_score(y, [r["score"] for r in unseen]) >= 0.9
+
+
+def test_night_block_rule_tells_a_night_rig_from_storage_heating() -> None:
+    from minewatch.power.detect import rule_checks, with_peers
+
+    rng = np.random.default_rng(11)
+    hours = np.arange(DAYS * 24)
+    night = (hours % 24) < 7
+    cold = np.repeat(np.clip(np.linspace(1.0, 4.0, DAYS) + rng.normal(0, 0.6, DAYS), 0.5, None), 24)
+    curves = {
+        "night_rig": household(rng, DAYS) + rig(DAYS, 2.0, 0, night_only=True),
+        "storage_heating": household(rng, DAYS) + night * cold,
+        "plain": household(rng, DAYS),
+    }
+    feats = account_features(to_readings(curves))
+    _, _, block = rule_checks(with_peers(feats, None))
+    got = dict(zip(feats.column("account_id").to_pylist(), block.tolist(), strict=True))
+    assert got == {"night_rig": True, "plain": False, "storage_heating": False}
+    rows = {r["account_id"]: r for r in score(feats).to_pylist()}
+    assert rows["night_rig"]["score"] >= 0.9 and rows["night_rig"]["flagged"]
+    assert any("from night to night" in r for r in rows["night_rig"]["reasons"])
+    assert not any("from night to night" in r for r in rows["storage_heating"]["reasons"])

@@ -76,6 +76,19 @@ STEP_MIN_KW = 0.1
 WEATHER_SHARPNESS = (0.4, 0.6)
 WEATHER_NOISE_RATIO = (1.5, 2.0)
 WEATHER_CAP = 0.05
+#: ... unless the base stays flat at its new level (spread after the change below
+#: ``FLAT_AFTER_SPREAD`` of the shift, on at least ``FLAT_AFTER_PERSIST`` of the days): heating
+#: follows the weather after the change too, rigs added one by one do not.
+FLAT_AFTER_SPREAD = 0.4
+FLAT_AFTER_PERSIST = 0.9
+#: Night-block rule: a night minimum at least ``NIGHT_BLOCK_MIN_KW`` above the all-day minimum
+#: that is the same every night (day-to-day noise of the night minimum at most
+#: ``NIGHT_BLOCK_FLATNESS`` of that excess) is a constant load switched on at night; night
+#: storage heating charges with the weather and varies more (in the benchmark generator at
+#: least 7 % of its night excess, heat pumps 25 %). Its probability is raised to at least
+#: :data:`CLEAR_FLOOR`.
+NIGHT_BLOCK_MIN_KW = 0.5
+NIGHT_BLOCK_FLATNESS = 0.04
 #: Clear-step rule: a sharp (``CLEAR_SHARPNESS``), persistent (``CLEAR_PERSIST``) step of at
 #: least ``CLEAR_MIN_KW`` with a t statistic of ``CLEAR_MIN_STAT`` that left the day-to-day
 #: noise as it was (``CLEAR_NOISE_RATIO``) is what switching on a rig looks like; its
@@ -437,6 +450,14 @@ def _reasons(df: pl.DataFrame) -> pl.DataFrame:
             _fmt_kw(pl.col("base_kw")),
         )
     )
+    r_block = pl.when(pl.col("night_block")).then(
+        pl.format(
+            "the night minimum is {} kW above the all-day minimum and varies only ±{} kW "
+            "from night to night (a constant load on at night, not weather-driven heating)",
+            _fmt_kw(pl.col("night_base_kw") - pl.col("base_kw"), 1),
+            _fmt_kw(pl.col("night_noise_kw")),
+        )
+    )
     r_start = pl.when(pl.col("evidence").is_in(["level", "night"])).then(
         pl.format(
             "present since before the data begins ({})", pl.col("first_ts").dt.strftime("%Y-%m-%d")
@@ -498,6 +519,7 @@ def _reasons(df: pl.DataFrame) -> pl.DataFrame:
         r_persist,
         r_level,
         r_night,
+        r_block,
         r_start,
         r_flat,
         r_cap,
@@ -537,13 +559,25 @@ def _hashrates(added_kw: np.ndarray) -> list[list[dict[str, object]] | None]:
 # --------------------------------------------------------------------------- scoring
 
 
-def rule_checks(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """The weather rule and the clear-step rule (see the constants above) per account."""
+def rule_checks(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The weather, clear-step and night-block rules (see the constants above) per account."""
     step = pl.col("change_stat") >= STEP_MIN_STAT
     sharp, noise = pl.col("sharpness"), pl.col("noise_ratio")
-    weather = step & (
-        ((sharp < WEATHER_SHARPNESS[0]) & (noise > WEATHER_NOISE_RATIO[0]))
-        | ((sharp < WEATHER_SHARPNESS[1]) & (noise > WEATHER_NOISE_RATIO[1]))
+    flat_after = (pl.col("after_spread") < FLAT_AFTER_SPREAD) & (
+        pl.col("persist") >= FLAT_AFTER_PERSIST
+    )
+    night_ex = pl.col("night_base_kw") - pl.col("base_kw")
+    night_block = (night_ex >= NIGHT_BLOCK_MIN_KW) & (
+        pl.col("night_noise_kw") <= NIGHT_BLOCK_FLATNESS * night_ex
+    )
+    weather = (
+        step
+        & ~flat_after.fill_null(False)
+        & ~night_block.fill_null(False)
+        & (
+            ((sharp < WEATHER_SHARPNESS[0]) & (noise > WEATHER_NOISE_RATIO[0]))
+            | ((sharp < WEATHER_SHARPNESS[1]) & (noise > WEATHER_NOISE_RATIO[1]))
+        )
     )
     clear = (
         (pl.col("change_stat") >= CLEAR_MIN_STAT)
@@ -552,8 +586,12 @@ def rule_checks(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         & (pl.col("persist") >= CLEAR_PERSIST)
         & (noise <= CLEAR_NOISE_RATIO)
     )
-    out = df.select(weather.fill_null(False).alias("w"), clear.fill_null(False).alias("c"))
-    return out.get_column("w").to_numpy(), out.get_column("c").to_numpy()
+    out = df.select(
+        weather.fill_null(False).alias("w"),
+        clear.fill_null(False).alias("c"),
+        night_block.fill_null(False).alias("n"),
+    )
+    return tuple(out.get_column(c).to_numpy() for c in ("w", "c", "n"))  # type: ignore[return-value]
 
 
 def score(
@@ -586,8 +624,8 @@ def score(
             card = load_scorecard(kind)
             shift = 0.0 if prior is None else _logit_prior(prior) - _logit_prior(card.prevalence)
             logit[mask] = card.logit(x[mask][:, [TERMS.index(t) for t in card.terms]]) + shift
-    weather, clear = rule_checks(df)
-    logit = np.where(clear, np.maximum(logit, _logit_prior(CLEAR_FLOOR)), logit)
+    weather, clear, night_block = rule_checks(df)
+    logit = np.where(clear | night_block, np.maximum(logit, _logit_prior(CLEAR_FLOOR)), logit)
     logit = np.where(weather, np.minimum(logit, _logit_prior(WEATHER_CAP)), logit)
     prob = _sigmoid(logit)
     if labels is not None and labels.num_rows:
@@ -601,7 +639,10 @@ def score(
         prob = supervised_probability(xs, labelled, y[labelled].astype(int), seed=seed)
 
     df = df.with_columns(
-        score=pl.Series(prob), anomaly=pl.Series(anomaly), weather=pl.Series(weather)
+        score=pl.Series(prob),
+        anomaly=pl.Series(anomaly),
+        weather=pl.Series(weather),
+        night_block=pl.Series(night_block),
     )
     step_ok = (pl.col("change_stat") >= STEP_MIN_STAT) & (pl.col("added_kw") >= STEP_MIN_KW)
     level_kw = pl.col("base_kw") - pl.col("peer_base_kw")

@@ -101,6 +101,7 @@ FEATURES = pa.schema(
         ("weekend_ratio", pa.float64()),
         ("duty_cycle", pa.float64()),
         ("median_shift_ratio", pa.float64()),
+        ("night_noise_kw", pa.float64()),
     ]
 )
 
@@ -644,6 +645,7 @@ def _hourly_part(acc: _Accounts, rows: np.ndarray, kwh: np.ndarray, tz: str) -> 
             "weekend_ratio": we,
             "duty_cycle": duty,
             "median_shift_ratio": msr,
+            "night_noise_kw": ch_night.noise,
         },
         strict=False,
     )
@@ -746,6 +748,7 @@ def _daily_part(frame: pl.DataFrame, tz: str) -> pl.DataFrame:
             "weekend_ratio": we,
             "duty_cycle": nan,
             "median_shift_ratio": nan,
+            "night_noise_kw": nan,
         },
         strict=False,
     )
