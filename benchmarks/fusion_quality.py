@@ -55,7 +55,7 @@ def run(spec: CitySpec, out: Path, ks: tuple[int, ...] = (50, 100, 150)) -> dict
             fh.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
 
     t2 = time.perf_counter()
-    loads = [read_leases(paths[k]) for k in ("radius", "cgnat", "static")]
+    loads = [read_leases(paths[k]) for k in ("radius", "cgnat", "static", "dhcpd", "kea")]
     leases = concat_leases(loads)
     t_leases = time.perf_counter() - t2
     ev = load_evidence([paths["detections"], screen_path], finance=[paths["finance"]])

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from minewatch.cli import app
 from minewatch.lab.city import City, CitySpec, build
 from minewatch.schema import DETECTION_FIELDS
-from minewatch.sources.leases import read_leases
+from minewatch.sources.leases import concat_leases, map_identities, read_leases
 
 SPEC = CitySpec(n_premises=160, days=6, seed=5, prevalence=0.08)
 
@@ -45,12 +45,29 @@ def test_city_is_deterministic_and_consistent(city: City) -> None:
 
 
 def test_lease_files_parse_with_counts_conserved(files: dict[str, Path]) -> None:
-    for k in ("radius", "cgnat", "static"):
+    for k in ("radius", "cgnat", "static", "dhcpd", "kea"):
         ld = read_leases(files[k])
         assert ld.read == ld.accepted + ld.rejected
-        assert ld.leases.height > 0
+        # (this small city has no government office: its fixed-address file is empty)
+        assert ld.leases.height > 0 or k == "static"
     radius = read_leases(files["radius"])
     assert "clock skew corrected" in " ".join(radius.notes)
+
+
+def test_dhcp_leases_reach_their_subscribers_through_the_hardware_address(
+    city: City, files: dict[str, Path]
+) -> None:
+    subs = pl.read_csv(files["subscribers"])
+    dhcp = concat_leases([read_leases(files["dhcpd"]), read_leases(files["kea"])])
+    assert dhcp["subscriber_id"].str.contains("^02:00:5e:").all()
+    mapped, counts = map_identities(dhcp, subs)
+    assert counts == {"mapped": dhcp.height, "conflicting": 0}
+    # Every DHCP-served subscriber holds the address the city gave it.
+    truth = city.truth.filter(pl.col("static")).select("subscriber_id")
+    got = mapped.select("subscriber_id", "ip").unique()
+    assert got["subscriber_id"].is_in(truth["subscriber_id"].implode()).all()
+    assert got.group_by("subscriber_id").agg(pl.col("ip").n_unique())["ip"].max() == 1
+    assert mapped["note"].str.contains("hwaddr 02:00:5e:").all()
 
 
 def test_fuse_cli_end_to_end(city: City, files: dict[str, Path], tmp_path: Path) -> None:
@@ -74,7 +91,7 @@ def test_fuse_cli_end_to_end(city: City, files: dict[str, Path], tmp_path: Path)
 
     out = tmp_path / "out"
     args = ["fuse", "--evidence", str(files["detections"]), "--evidence", str(screen_path)]
-    for k in ("radius", "cgnat", "static"):
+    for k in ("radius", "cgnat", "static", "dhcpd", "kea"):
         args += ["--leases", str(files[k])]
     args += [
         "--subscribers",

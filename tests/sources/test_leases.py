@@ -6,13 +6,16 @@ import datetime as dt
 import json
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pytest
 
 from minewatch.errors import InputError, Quarantine
 from minewatch.schema import LEASES
 from minewatch.sources.leases import (
+    empty_leases,
     find_overlaps,
+    map_identities,
     read_cgnat_log,
     read_dhcpd_leases,
     read_kea_csv,
@@ -373,3 +376,43 @@ def test_radius_open_session_with_interims_ends_one_interval_after_the_last(
     # no Acct-Interim-Interval: the observed 8-hour gap is the interval
     assert row["end"] == T(0, day=26)
     assert "start without stop" in row["note"]
+
+
+def test_lease_identities_map_to_subscribers_in_any_mac_notation() -> None:
+    leases = pl.DataFrame(
+        {
+            "ip": ["10.1.0.1", "10.1.0.2", "10.1.0.3", "10.1.0.4"],
+            "start": [dt.datetime(2026, 11, 1, tzinfo=dt.UTC)] * 4,
+            "end": [None] * 4,
+            "subscriber_id": ["aa:bb:cc:00:00:01", "aa:bb:cc:00:00:02", "duid-7", "S9"],
+            "port_lo": [None] * 4,
+            "port_hi": [None] * 4,
+            "source": ["dhcpd", "kea", "kea", "radius"],
+            "note": [None, "renewed", None, None],
+        },
+        schema=empty_leases().schema,
+    )
+    subs = pl.DataFrame(
+        {
+            "subscriber_id": ["S1", "S2", "S3", "S4", "S9"],
+            "hwaddr": ["AA-BB-CC-00-00-01", "aabb.cc00.0002", None, "aa:bb:cc:00:00:09", None],
+            "duid": [None, None, "DUID-7", None, None],
+        }
+    )
+    out, counts = map_identities(leases, subs)
+    assert out["subscriber_id"].to_list() == ["S1", "S2", "S3", "S9"]
+    assert counts == {"mapped": 3, "conflicting": 0}
+    assert out["note"][1] == "renewed; hwaddr aa:bb:cc:00:00:02 → S2"
+    assert out.columns == leases.columns
+    # One hardware address listed for two subscribers is not used, and is counted.
+    clash = pl.concat(
+        [
+            subs,
+            pl.DataFrame(
+                {"subscriber_id": ["S5"], "hwaddr": ["aa:bb:cc:00:00:01"], "duid": [None]}
+            ),
+        ]
+    )
+    out2, counts2 = map_identities(leases, clash)
+    assert out2["subscriber_id"][0] == "aa:bb:cc:00:00:01"
+    assert counts2 == {"mapped": 2, "conflicting": 1}

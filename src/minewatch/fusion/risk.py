@@ -45,6 +45,7 @@ from minewatch.fusion.attribution import (
     resolve_by_recurrence,
 )
 from minewatch.fusion.policy import CLASS_ZH, Policy, default_policy
+from minewatch.sources.leases import map_identities
 
 _TS = pl.Datetime("us", "UTC")
 
@@ -333,6 +334,8 @@ def fuse(
 ) -> FusionResult:
     """Join every piece of evidence to premises and rank the premises."""
     pol = policy or default_policy()
+    # DHCP/Kea leases name a client (hardware address, DUID…): the subscribers table says whose.
+    leases, id_counts = map_identities(leases, subscribers)
     lk = links or link_accounts(subscribers, accounts, explicit_links)
     ev = evidence
     if sources is not None:
@@ -534,6 +537,7 @@ def fuse(
             str(k): int(v) for k, v in att.group_by("status").len().sort("status").iter_rows()
         },
         "unattributed_evidence": unattr.height,
+        "lease_identities": id_counts,
         "premises": suspects.height,
         "links": lk.summary(),
     }

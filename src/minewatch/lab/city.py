@@ -28,10 +28,14 @@ Leases
     session; ``interim_share`` of sessions also send an Interim-Update every 8 hours). A share
     of the households (``cgnat_share``) is behind CGNAT:
     RADIUS gives them a 100.64.0.0/10 address and the CGNAT log a block of ports on a shared
-    public address for that session. Offices, schools and government offices have static
-    addresses (a canonical lease file). Damage is injected on purpose: one NAS whose clock is
-    ``skew_s`` off, duplicate (retransmitted) records, lost Start and lost Stop records, and a
-    few sessions with no record at all.
+    public address for that session. Offices, schools and government offices have fixed
+    addresses: government offices from a canonical lease file, schools by DHCP reservation
+    from an ISC dhcpd (``dhcpd.leases``, renewed every 12 h, one-day lease time), enterprises
+    from a Kea server (memfile CSV, the same rhythm). DHCP leases name the client's hardware
+    address; the subscribers table carries it (``hwaddr``) for those subscribers. Damage is
+    injected on purpose (RADIUS): one NAS whose clock is ``skew_s`` off, duplicate
+    (retransmitted) records, lost Start and lost Stop records, and a few sessions with no
+    record at all.
 
 Network evidence (what ``minewatch scan`` / ``flows detect`` would print)
     Generated per rig and day, at the address (and port) the rig's subscriber held at that
@@ -182,6 +186,8 @@ class City:
     detection_truth: pl.DataFrame  # row → true subscriber (None for no subscriber), mining
     finance_csv: str
     notes: dict[str, Any] = field(default_factory=dict)
+    dhcpd_text: str = ""
+    kea_csv: str = ""
 
     def write(self, out: str | Path) -> dict[str, Path]:
         """Write every input the CLI takes (and the truth) into ``out``."""
@@ -191,6 +197,8 @@ class City:
             "radius": d / "radius-detail",
             "cgnat": d / "cgnat.csv",
             "static": d / "static-leases.csv",
+            "dhcpd": d / "dhcpd.leases",
+            "kea": d / "kea-leases4.csv",
             "subscribers": d / "subscribers.csv",
             "accounts": d / "accounts.csv",
             "links": d / "links.csv",
@@ -204,6 +212,8 @@ class City:
         paths["radius"].write_text(self.radius_text, encoding="utf-8")
         paths["cgnat"].write_text(self.cgnat_csv, encoding="utf-8")
         paths["static"].write_text(self.static_csv, encoding="utf-8")
+        paths["dhcpd"].write_text(self.dhcpd_text, encoding="utf-8")
+        paths["kea"].write_text(self.kea_csv, encoding="utf-8")
         self.subscribers.write_csv(paths["subscribers"])
         self.accounts.write_csv(paths["accounts"])
         self.explicit_links.write_csv(paths["links"])
@@ -976,10 +986,26 @@ def build(spec: CitySpec | None = None) -> City:
             "port_hi": pl.Int32,
         },
     )
-    static_csv = static.with_columns(
-        pl.col("start").dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        pl.col("end").dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
-    ).write_csv()
+    st_kind = kind[st_idx]
+    hwaddr = [f"02:00:5e:{(i >> 16) & 255:02x}:{(i >> 8) & 255:02x}:{i & 255:02x}" for i in st_idx]
+    static = static.with_columns(
+        served_by=pl.Series(
+            np.where(
+                st_kind == "school", "dhcpd", np.where(st_kind == "enterprise", "kea", "fixed")
+            )
+        ),
+        hwaddr=pl.Series(hwaddr, dtype=pl.String),
+    )
+    static_csv = (
+        static.filter(pl.col("served_by") == "fixed")
+        .select("ip", "start", "end", "subscriber_id", "port_lo", "port_hi")
+        .with_columns(
+            pl.col("start").dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            pl.col("end").dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        .write_csv()
+    )
+    dhcpd_text, kea_csv = _dhcp_files(static, t0, sp.days)
     sess = sess.join(unlogged, on=["subscriber_id", "day"], how="left")
     detections, det_truth, wallets = _detections(rng, sp, t0, truth, sess, static, utc_off)
     subscribers = pl.DataFrame(
@@ -989,6 +1015,10 @@ def build(spec: CitySpec | None = None) -> City:
             "address": telecom,
             "region": [DISTRICTS[d] for d in district],
         }
+    ).join(
+        static.filter(pl.col("served_by") != "fixed").select("subscriber_id", "hwaddr"),
+        on="subscriber_id",
+        how="left",
     )
     accounts = pl.DataFrame(
         {
@@ -1065,7 +1095,57 @@ def build(spec: CitySpec | None = None) -> City:
         detection_truth=det_truth,
         finance_csv=finance_csv,
         notes={"radius": radius_counts, "cpu_jacking": len(jack)},
+        dhcpd_text=dhcpd_text,
+        kea_csv=kea_csv,
     )
+
+
+def _dhcp_files(static: pl.DataFrame, t0: dt.datetime, days: int) -> tuple[str, str]:
+    """dhcpd.leases and Kea memfile text for the fixed addresses served by DHCP: a renewal
+    every 12 h with a one-day lease time, from a day before the window to a day after."""
+    n_ren = 2 * (days + 2)
+    ren = [t0 - dt.timedelta(days=1) + dt.timedelta(hours=12 * k) for k in range(n_ren)]
+    lines: list[str] = [
+        "# The format of this file is documented in the dhcpd.leases(5) manual page."
+    ]
+    for r in static.filter(pl.col("served_by") == "dhcpd").iter_rows(named=True):
+        for t in ren:
+            e = t + dt.timedelta(days=1)
+            lines.append(
+                f"lease {r['ip']} {{\n"
+                f"  starts {t.isoweekday() % 7} {t:%Y/%m/%d %H:%M:%S};\n"
+                f"  ends {e.isoweekday() % 7} {e:%Y/%m/%d %H:%M:%S};\n"
+                f"  cltt {t.isoweekday() % 7} {t:%Y/%m/%d %H:%M:%S};\n"
+                "  binding state active;\n"
+                "  next binding state free;\n"
+                f"  hardware ethernet {r['hwaddr']};\n"
+                f'  client-hostname "{r["subscriber_id"].lower()}";\n'
+                "}"
+            )
+    kea = static.filter(pl.col("served_by") == "kea")
+    kea_rows = pl.DataFrame(
+        {
+            "address": np.repeat(kea["ip"].to_numpy(), n_ren),
+            "hwaddr": np.repeat(kea["hwaddr"].to_numpy(), n_ren),
+            "expire": np.tile(
+                np.array([int((t + dt.timedelta(days=1)).timestamp()) for t in ren]),
+                kea.height,
+            ),
+        }
+    ).select(
+        "address",
+        "hwaddr",
+        pl.lit("").alias("client_id"),
+        pl.lit(86400).alias("valid_lifetime"),
+        "expire",
+        pl.lit(1).alias("subnet_id"),
+        pl.lit(0).alias("fqdn_fwd"),
+        pl.lit(0).alias("fqdn_rev"),
+        pl.lit("").alias("hostname"),
+        pl.lit(0).alias("state"),
+        pl.lit("").alias("user_context"),
+    )
+    return "\n".join(lines) + "\n", kea_rows.write_csv()
 
 
 def power_evidence(city: City) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ Three stages, each through the same library calls as the commands:
 
 1. network: a generated capture scanned as by ``minewatch scan``;
 2. power: a synthetic city's meters screened as by ``minewatch meters screen``;
-3. fusion: that screening, the city's network evidence, RADIUS/CGNAT/static lease logs,
+3. fusion: that screening, the city's network evidence, RADIUS/CGNAT/dhcpd/Kea/static lease logs,
    subscriber and account records fused as by ``minewatch fuse`` into a ranked monitoring
    list (XLSX and CSV, Chinese and English headers) and regional statistics.
 
@@ -126,7 +126,7 @@ def run_power_and_fusion_stage(out_dir: Path, premises: int = 600) -> FusionDemo
     )
     run = run_fuse(
         [files["detections"], screen_path],
-        [files["radius"], files["cgnat"], files["static"]],
+        [files[k] for k in ("radius", "cgnat", "static", "dhcpd", "kea")],
         files["subscribers"],
         files["accounts"],
         links=files["links"],

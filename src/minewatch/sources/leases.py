@@ -955,6 +955,85 @@ def read_leases(
     raise InputError(f"unknown lease format {f!r}", path=path, hint=f"one of {FORMATS}")
 
 
+#: Columns of a subscribers table that name how lease records identify a client.
+IDENTITY_COLUMNS: tuple[str, ...] = (
+    "hwaddr",
+    "mac",
+    "client_id",
+    "duid",
+    "user_name",
+    "circuit_id",
+)
+
+
+def _norm_identity(e: pl.Expr) -> pl.Expr:
+    """Lower case, trimmed; a MAC address in any notation (aa-bb-…, aabb.ccdd.eeff,
+    AABBCCDDEEFF) becomes aa:bb:cc:dd:ee:ff."""
+    low = e.cast(pl.String).str.strip_chars().str.to_lowercase()
+    hexed = low.str.replace_all(r"[:\-.]", "")
+    mac = pl.concat_str([hexed.str.slice(i, 2) for i in range(0, 12, 2)], separator=":")
+    return pl.when(hexed.str.contains(r"^[0-9a-f]{12}$")).then(mac).otherwise(low)
+
+
+def map_identities(
+    leases: pl.DataFrame, subscribers: pl.DataFrame
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Replace the client identities of DHCP/Kea leases (hardware address, client id, DUID…)
+    by the subscriber they belong to, from the subscribers table's identity columns
+    (``IDENTITY_COLUMNS``, whichever are present).
+
+    An identity listed for two different subscribers is not used (counted as
+    ``conflicting``); leases whose identity is not in the table keep it as their subscriber
+    id. Returns the leases and counts (``mapped`` leases, ``conflicting`` identities).
+    """
+    cols = [c for c in IDENTITY_COLUMNS if c in subscribers.columns]
+    counts = {"mapped": 0, "conflicting": 0}
+    if not cols or leases.height == 0:
+        return leases, counts
+    ids = pl.concat(
+        [
+            subscribers.select(
+                pl.col("subscriber_id").cast(pl.String),
+                _norm_identity(pl.col(c)).alias("identity"),
+                pl.lit(c).alias("kind"),
+            )
+            for c in cols
+        ]
+    ).filter(pl.col("identity").is_not_null() & (pl.col("identity") != ""))
+    per = ids.group_by("identity").agg(
+        subscriber=pl.col("subscriber_id").unique(), kind=pl.col("kind").first()
+    )
+    counts["conflicting"] = int((per["subscriber"].list.len() > 1).sum())
+    table = per.filter(pl.col("subscriber").list.len() == 1).with_columns(
+        pl.col("subscriber").list.first()
+    )
+    out = (
+        leases.with_row_index("_lease")
+        .with_columns(identity=_norm_identity(pl.col("subscriber_id")))
+        .join(table, on="identity", how="left")
+    )
+    hit = pl.col("subscriber").is_not_null()
+    counts["mapped"] = int(out.select(hit.sum()).item())
+    out = out.with_columns(
+        note=pl.when(hit)
+        .then(
+            pl.concat_str(
+                [
+                    pl.col("note"),
+                    pl.format(
+                        "{} {} → {}", pl.col("kind"), pl.col("identity"), pl.col("subscriber")
+                    ),
+                ],
+                separator="; ",
+                ignore_nulls=True,
+            )
+        )
+        .otherwise(pl.col("note")),
+        subscriber_id=pl.coalesce(pl.col("subscriber"), pl.col("subscriber_id")),
+    )
+    return out.sort("_lease").select(leases.columns), counts
+
+
 def concat_leases(loads: list[LeaseLoad]) -> pl.DataFrame:
     frames = [ld.leases for ld in loads if ld.leases.height]
     return pl.concat(frames) if frames else empty_leases()
