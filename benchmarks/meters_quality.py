@@ -163,6 +163,23 @@ def run_one(
     )
 
 
+def seeds_of(frame: pl.DataFrame) -> list[int]:
+    return sorted(frame.get_column("seed").unique().to_list())
+
+
+def per_seed(frame: pl.DataFrame) -> str:
+    """Recall of one seed's population at its own 1 % FPR threshold, with 3 decimals."""
+    s = frame.get_column("minewatch").fill_null(-np.inf).to_numpy()
+    y = frame.get_column("mining").to_numpy()
+    kw = frame.get_column("added_kw").to_numpy()
+    hit = s > np.quantile(s[~y], 0.99)
+    big, small = y & (kw >= 1.0), y & (kw >= 0.3) & (kw < 0.8)
+    return (
+        f"seed {frame.get_column('seed')[0]}: >=1 kW {hit[big].mean():.3f} ({big.sum()}), "
+        f"0.3-0.8 kW {hit[small].mean():.3f} ({small.sum()})"
+    )
+
+
 def _fmt(v: object) -> str:
     if isinstance(v, tuple):
         rate, n = v
@@ -182,6 +199,11 @@ def report(frame: pl.DataFrame, title: str) -> str:
     keys = [k for k in results["minewatch"] if k != "fp by kind"]
     for k in keys:
         lines.append(f"| {k} | " + " | ".join(_fmt(results[s][k]) for s in SCREENS) + " |")
+    lines.append("")
+    lines.append(
+        "minewatch per seed (threshold at 1 % FPR of that seed): "
+        + "; ".join(per_seed(frame.filter(pl.col("seed") == sd)) for sd in seeds_of(frame))
+    )
     lines.append("")
     kinds = results["minewatch"]["fp by kind"]
     assert isinstance(kinds, dict)
