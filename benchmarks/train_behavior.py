@@ -16,8 +16,11 @@ maxlife=60`` → NetFlow v9 → the ingest decoder) — computes the features of
 2. fits an isotonic calibration on the out-of-fold scores, and picks the alert threshold;
 3. reports per-connection recall within 10 minutes of observation and false positives among
    benign long-lived connections, from the out-of-fold scores only, per path and per family;
-4. fits the final model (boosted trees) on everything and writes it with the calibration, the
-   threshold and the measured figures to ``src/minewatch/data/behavior_model.json``;
+4. fits the final model on everything — a scorecard (:mod:`minewatch.net.scorecard`): every
+   feature cut into equal-width bins, boosted stumps over the bin codes (depth 1: a purely
+   additive model; ``--depth 2`` allows pair terms), turned exactly into per-bin log-odds
+   tables — and writes it with the calibration, the threshold and the measured figures to
+   ``src/minewatch/data/behavior_model.npz``;
 5. runs the final model over the shared benign captures (never used in training) and reports
    detections there (must be none).
 """
@@ -55,12 +58,13 @@ from minewatch.net.behavior import (  # noqa: E402
     detect,
     eligible,
 )
+from minewatch.net.scorecard import Scorecard  # noqa: E402
 
 DATA = ROOT / ".cache" / "behavior-data"
-MODEL = ROOT / "src" / "minewatch" / "data" / "behavior_model.joblib"
+MODEL = ROOT / "src" / "minewatch" / "data" / "behavior_model.npz"
 SHARED_BENIGN = ROOT.parent / "shared" / "data" / "pcap" / "benign"
 WITHIN_S = 600.0
-DEPTH, LEAF = 5, 10
+DEPTH, LEAF, BINS, ITERS, RATE = 1, 20, 32, 400, 0.1
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -85,17 +89,20 @@ def load_rows(data: Path) -> pl.DataFrame:
             pcap = Path(e["pcap"])
             group = pcap.parent.name
             for path in ("pcap", "softflowd"):
-                cache = pcap.parent / f"features-{path}.parquet"
+                # The flows are cached per capture; the features are always recomputed, so a
+                # change to them never meets a stale cache.
+                cache = pcap.parent / f"flows-{path}.parquet"
                 if cache.exists() and cache.stat().st_mtime > pcap.stat().st_mtime:
-                    f = pl.read_parquet(cache)
+                    flows = pl.read_parquet(cache)
                 else:
                     if path == "pcap":
-                        flows = flows_from_pcap(pcap)
+                        flows = pl.from_arrow(flows_from_pcap(pcap))  # type: ignore[assignment]
                     else:
-                        flows = flows_from_softflowd(pcap, pcap.parent)
-                    pl.from_arrow(flows).write_parquet(pcap.parent / f"flows-{path}.parquet")
-                    f = connection_features(flows)
-                    f.write_parquet(cache)
+                        flows = pl.from_arrow(  # type: ignore[assignment]
+                            flows_from_softflowd(pcap, pcap.parent)
+                        )
+                    flows.write_parquet(cache)
+                f = connection_features(flows)
                 frames.append(
                     f.with_columns(
                         label=pl.lit(int(e["label"])),
@@ -114,13 +121,49 @@ def load_rows(data: Path) -> pl.DataFrame:
     )
 
 
-def fit_model(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> HistGradientBoostingClassifier:
-    """Shallow boosted trees; each connection weighs the same whatever its number of rows."""
+def fit_model(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, names: tuple[str, ...] = FEATURES
+) -> tuple[Scorecard, HistGradientBoostingClassifier, np.ndarray]:
+    """A scorecard fitted on ``x``: bins from ``x`` (equal width between the 0.2% and 99.8%
+    quantiles), boosted trees of depth ``DEPTH`` on the bin codes, read out as tables. Every
+    connection weighs the same whatever its number of rows, and both classes the same in
+    total. Returns the scorecard, the classifier (the reference) and the codes."""
+    lo, scale = Scorecard.bins_from_data(names, x, BINS)
+    blank = Scorecard(
+        names=names,
+        lo=lo,
+        scale=scale,
+        nbins=BINS,
+        single=np.zeros((len(names), BINS)),
+        pairs=np.zeros((0, 2), dtype=np.int64),
+        pair_tables=np.zeros((0, BINS, BINS)),
+        intercept=0.0,
+    )
+    codes = blank.codes(x).astype(np.float64)
     pos = w[y == 1].sum()
     neg = w[y == 0].sum()
     sw = np.where(y == 1, w / pos, w / neg)
     clf = HistGradientBoostingClassifier(
-        max_depth=DEPTH, max_iter=300, learning_rate=0.08, min_samples_leaf=LEAF, random_state=0
+        max_depth=DEPTH,
+        max_iter=ITERS,
+        learning_rate=RATE,
+        min_samples_leaf=LEAF,
+        l2_regularization=1.0,
+        early_stopping=False,
+        random_state=0,
+    )
+    clf.fit(codes, y, sample_weight=sw * len(y))
+    card = Scorecard.from_trees(clf, names, lo, scale, BINS)
+    return card, clf, codes
+
+
+def fit_trees(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> HistGradientBoostingClassifier:
+    """The previous model (depth-5 boosted trees, 300 rounds) for comparison (``--compare``)."""
+    pos = w[y == 1].sum()
+    neg = w[y == 0].sum()
+    sw = np.where(y == 1, w / pos, w / neg)
+    clf = HistGradientBoostingClassifier(
+        max_depth=5, max_iter=300, learning_rate=0.08, min_samples_leaf=10, random_state=0
     )
     clf.fit(x, y, sample_weight=sw * len(y))
     return clf
@@ -169,41 +212,43 @@ def metrics(conns: pl.DataFrame) -> dict[str, Any]:
     return out
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    t0 = time.time()
-    rows = load_rows(args.data)
-    rows = rows.filter(eligible())
-    print(
-        f"{rows.height} eligible rows, {rows['conn'].n_unique()} connections "
-        f"({time.time() - t0:.0f} s)"
-    )
-    x = np.nan_to_num(rows.select(FEATURES).to_numpy().astype(np.float64))
-    y = rows["label"].to_numpy()
-    n_conn = rows.group_by("conn").len()
-    w = rows.join(n_conn, on="conn", how="left")["len"].to_numpy()
-    w = 1.0 / w
+def evaluate(
+    rows: pl.DataFrame,
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    folds: int,
+    min_threshold: float,
+    fit_score: Any,
+) -> tuple[dict[str, Any], IsotonicRegression, float]:
+    """Out-of-fold scores by capture (``fit_score(x_train, y, w, x_test)`` gives the test
+    rows' scores), isotonic calibration on them, the threshold, and the per-connection report."""
     groups = rows["group"].to_numpy()
     oof = np.zeros(len(y))
-    folds = GroupKFold(n_splits=min(args.folds, len(set(groups))))
-    for tr, te in folds.split(x, y, groups):
-        clf = fit_model(x[tr], y[tr], w[tr])
-        oof[te] = clf.predict_proba(x[te])[:, 1]
+    for tr, te in GroupKFold(n_splits=min(folds, len(set(groups)))).split(x, y, groups):
+        oof[te] = fit_score(x[tr], y[tr], w[tr], x[te])
     iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
     iso.fit(oof, y, sample_weight=w)
     cal = iso.predict(oof)
     # Threshold: the lowest calibrated value above every benign out-of-fold score, at least
-    # args.min_threshold (no benign long-lived connection may alert).
+    # min_threshold (no benign long-lived connection may alert).
     benign_max = float(cal[y == 0].max()) if (y == 0).any() else 0.0
     levels = np.unique(np.asarray(iso.y_thresholds_))
     above = levels[levels > benign_max]
     thr = float(above.min()) if len(above) else 1.0
-    thr = max(thr, args.min_threshold)
+    thr = max(thr, min_threshold)
     conns = per_connection(rows, cal, thr)
     report: dict[str, Any] = {"threshold": thr, "out_of_fold": metrics(conns)}
     for path in ("pcap", "softflowd"):
         report[f"out_of_fold_{path}"] = metrics(conns.filter(pl.col("path") == path))
-    tls = conns.filter(pl.col("family") == "xmrig-tls")
-    report["out_of_fold_tls"] = metrics(pl.concat([tls, conns.filter(pl.col("label") == 0)]))
+    benign = conns.filter(pl.col("label") == 0)
+    for fam_name, key in (("xmrig-tls", "tls"), ("xmrig", "cleartext")):
+        sub = conns.filter(pl.col("family") == fam_name)
+        report[f"out_of_fold_{key}"] = metrics(pl.concat([sub, benign]))
+        for path in ("pcap", "softflowd"):
+            report[f"out_of_fold_{key}_{path}"] = metrics(
+                pl.concat([sub, benign]).filter(pl.col("path") == path)
+            )
     fam = (
         conns.group_by("family", "label")
         .agg(
@@ -215,14 +260,67 @@ def cmd_train(args: argparse.Namespace) -> None:
         .sort("label", "family")
     )
     report["per_family"] = fam.to_dicts()
+    # The trade-off below the chosen threshold: each of the top calibrated levels as a
+    # threshold (out of fold), what it would detect and how many benign connections it flags.
+    curve = []
+    for level in sorted(set(np.unique(cal)) - {0.0}, reverse=True)[:6]:
+        c = per_connection(rows, cal, float(level))
+        mine, tls = c.filter(pl.col("label") == 1), c.filter(pl.col("family") == "xmrig-tls")
+        curve.append(
+            {
+                "threshold": round(float(level), 4),
+                "mining_10min": f"{int(mine['detected_10min'].sum())}/{mine.height}",
+                "tls_10min": f"{int(tls['detected_10min'].sum())}/{tls.height}",
+                "benign_fp": f"{int(c.filter(pl.col('label') == 0)['detected'].sum())}/"
+                f"{c.filter(pl.col('label') == 0).height}",
+            }
+        )
+    report["levels"] = curve
     missed = conns.filter((pl.col("label") == 1) & ~pl.col("detected_10min"))
     report["missed_mining"] = missed.select("variant", "path", "age_s", "max_conf").to_dicts()
-    print(json.dumps(report, indent=1, default=str))
+    return report, iso, thr
 
-    clf = fit_model(x, y, w)
+
+def _scorecard_oof(xtr: np.ndarray, ytr: np.ndarray, wtr: np.ndarray, xte: np.ndarray) -> Any:
+    card, _, _ = fit_model(xtr, ytr, wtr)
+    return card.logit(xte)
+
+
+def _trees_oof(xtr: np.ndarray, ytr: np.ndarray, wtr: np.ndarray, xte: np.ndarray) -> Any:
+    return fit_trees(xtr, ytr, wtr).predict_proba(xte)[:, 1]
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    t0 = time.time()
+    rows = load_rows(args.data)
+    rows = rows.filter(eligible())
+    print(
+        f"{rows.height} eligible rows, {rows['conn'].n_unique()} connections "
+        f"({time.time() - t0:.0f} s)"
+    )
+    x = rows.select(FEATURES).to_numpy().astype(np.float64)
+    y = rows["label"].to_numpy()
+    n_conn = rows.group_by("conn").len()
+    w = 1.0 / rows.join(n_conn, on="conn", how="left")["len"].to_numpy()
+    if args.compare:
+        old, _, _ = evaluate(rows, x, y, w, args.folds, args.min_threshold, _trees_oof)
+        print("depth-5 boosted trees (the previous model), same folds:")
+        print(json.dumps({k: v for k, v in old.items() if k != "missed_mining"}, indent=1))
+    report, iso, thr = evaluate(rows, x, y, w, args.folds, args.min_threshold, _scorecard_oof)
+    report["model"] = {"depth": DEPTH, "bins": BINS, "rounds": ITERS, "learning_rate": RATE}
+    print(json.dumps(report, indent=1, default=str))
+    if args.dry_run:
+        return
+
+    card, clf, codes = fit_model(x, y, w)
+    # Terms centred on the benign rows: a term's value reads "against a typical benign
+    # long-lived connection" in the reasons.
+    card = card.centered(x[y == 0], w[y == 0])
+    rng = np.random.default_rng(0)
+    ref = rng.choice(len(y), size=min(2000, len(y)), replace=False)
     model = BehaviorModel(
         features=FEATURES,
-        estimator=clf,
+        card=card,
         iso_x=np.asarray(iso.X_thresholds_, dtype=np.float64),
         iso_y=np.asarray(iso.y_thresholds_, dtype=np.float64),
         threshold=thr,
@@ -234,6 +332,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             "variants": sorted(set(rows["variant"].to_list())),
             "measured": report,
         },
+        reference_x=x[ref],
+        reference_logit=np.asarray(clf.decision_function(codes[ref]), dtype=np.float64),
     )
     # Shared benign captures: never trained on; the final model must stay silent on them.
     shared = []
@@ -265,11 +365,18 @@ def main() -> None:
     t.add_argument("--model", type=Path, default=MODEL)
     t.add_argument("--folds", type=int, default=6)
     t.add_argument("--min-threshold", type=float, default=0.5)
-    t.add_argument("--depth", type=int, default=DEPTH, help="tree depth")
+    t.add_argument("--depth", type=int, default=DEPTH, help="tree depth: 1 additive, 2 pairs")
     t.add_argument("--leaf", type=int, default=LEAF, help="minimum rows per leaf")
+    t.add_argument("--bins", type=int, default=BINS, help="bins per feature")
+    t.add_argument("--rounds", type=int, default=ITERS, help="boosting rounds")
+    t.add_argument("--rate", type=float, default=RATE, help="learning rate")
+    t.add_argument("--compare", action="store_true", help="also cross-validate depth-5 trees")
+    t.add_argument("--dry-run", action="store_true", help="cross-validate only, write nothing")
     args = ap.parse_args()
     if args.cmd == "train":
-        globals().update(DEPTH=args.depth, LEAF=args.leaf)
+        globals().update(
+            DEPTH=args.depth, LEAF=args.leaf, BINS=args.bins, ITERS=args.rounds, RATE=args.rate
+        )
     if args.cmd == "generate":
         cmd_generate(args)
     else:

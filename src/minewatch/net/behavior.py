@@ -4,26 +4,34 @@ A mining client keeps one TCP connection to its pool open for hours. Over it the
 small submissions (a share every few seconds to minutes, at random: a Poisson process) and
 keepalives, and the pool pushes a new job at the coin's job cadence. None of this needs the
 payload: it shows in how many packets and bytes go each way per minute, how big they are, how
-the per-window counts vary, and for how long the connection lives. TLS does not hide it.
+the per-record counts vary, and for how long the connection lives. TLS does not hide it.
 
 The same pure functions score a capture's aggregated flows (:mod:`minewatch.net.flowagg`) and
 flow records from exporters (NetFlow/IPFIX, softflowd, Zeek, Suricata, nfdump):
 
-1. :func:`orient` — one row per record with the client (the side with the higher port, or the
-   originator of a bidirectional record) as ``src``; a one-way record from the server becomes
-   the ``down`` part of the same connection, so one-way exports (softflowd, routers) and
-   two-way ones (Zeek, the aggregator) give the same connection key.
-2. :func:`connection_features` — per connection, at each record's end, running totals over the
-   connection so far (Polars ``cum_*`` over ``connection``): age, packets/min and bytes per
-   packet each way, byte and packet ratios, and the index of dispersion (variance / mean) of
-   per-record packet counts each way, which is about 1 for Poisson-like submissions and near 0
-   for a clockwork keepalive.
-3. :class:`BehaviorModel` — gradient-boosted trees (scikit-learn) over :data:`FEATURES` whose
-   output is mapped by an isotonic calibration (fitted on out-of-fold predictions, see
-   ``docs/behavior-model.md``) to a probability; stored in ``minewatch/data/behavior_model.joblib``.
-4. :func:`detect` — one detection dict per connection whose calibrated confidence reached the
-   model's threshold, per the JSON Lines contract (``detector: "behavior"``), with reasons a
-   person can check.
+1. orientation — the client (the originator of a two-way record, else the side with the
+   higher port) becomes ``src``; a one-way record from the server becomes the ``down`` part of
+   the same connection, so one-way exports (softflowd, routers) and two-way ones (Zeek, the
+   aggregator) give the same connection.
+2. running totals — per connection, at each record's end (records in order of end time),
+   totals over the connection so far: packets and bytes each way, records with packets each
+   way and sums of squared packet counts, and the connection's age. One sort, then NumPy
+   cumulative sums over the whole column with each connection's offset taken off (no group
+   loop, no Python per connection).
+3. :func:`feature_matrix` — :data:`FEATURES` from those totals (rates, sizes, ratios, the
+   index of dispersion of per-record packet counts, which is about 1 for Poisson-like
+   submissions and near 0 for a clockwork keepalive).
+4. :class:`BehaviorModel` — an additive model over binned features
+   (:class:`minewatch.net.scorecard.Scorecard`: per-feature bins and per-bin log-odds, trained as
+   boosted stumps) whose log-odds an isotonic calibration (fitted on out-of-fold scores, see
+   ``docs/behavior-model.md``) maps to a probability; stored as plain arrays in
+   ``minewatch/data/behavior_model.npz`` (no scikit-learn needed to score).
+5. :func:`detect` — one detection dict per connection whose calibrated confidence reached the
+   model's threshold at some record, per the JSON Lines contract (``detector: "behavior"``),
+   with reasons a person can check, including which features pushed the score up.
+
+Only rows the model may score (:func:`eligible`: long enough, traffic both ways, shaped like
+submissions) get features and a score; everything else is a handful of comparisons.
 
 :class:`SlidingDetector` keeps the running totals per open connection for the live collector
 (memory bounded by open connections) and reuses the same feature and scoring functions.
@@ -32,9 +40,8 @@ flow records from exporters (NetFlow/IPFIX, softflowd, Zeek, Suricata, nfdump):
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -44,19 +51,34 @@ import polars as pl
 import pyarrow as pa
 
 from minewatch.net.intel import MINER_PORTS, PoolIntel
+from minewatch.net.scorecard import Scorecard
 
-MODEL_FILE = "behavior_model.joblib"  # the training artefact (scikit-learn, pickled)
-TREES_FILE = "behavior_model.npz"  # the same trees as plain arrays, read without scikit-learn
-# Up to this many rows per call the NumPy evaluator is faster than importing scikit-learn
-# (~1.8 s); beyond it scikit-learn's compiled predictor is (measured: 2 M rows, 5x).
-ARRAY_MAX_ROWS = 200_000
+MODEL_FILE = "behavior_model.npz"  # the shipped model: plain arrays and a JSON data card
 #: A connection is scored only once it has been seen for this long, with traffic both ways.
-MIN_SPAN_S = 50.0
+#: Two minutes: the benign connections that looked most like mining out of fold did so in
+#: their first one or two records (50 s: 30% of TLS mining detected at 0 false positives out
+#: of fold; 120 s: 90%; see docs/behavior-model.md).
+MIN_SPAN_S = 120.0
 MIN_PACKETS = 8
 MAX_UP_BYTES_PER_PACKET = 600
 MAX_UP_DOWN_RATIO = 4.0
-#: Running totals stop growing in weight after this much history (minutes); see features.
 CONN_KEY = ("src_ip", "src_port", "dst_ip", "dst_port", "proto")
+#: Columns of FLOWS that detection reads.
+FLOW_COLUMNS = (
+    "ts_start",
+    "ts_end",
+    "src_ip",
+    "src_port",
+    "dst_ip",
+    "dst_port",
+    "proto",
+    "packets_up",
+    "packets_down",
+    "bytes_up",
+    "bytes_down",
+    "sni",
+    "sampling",
+)
 
 FEATURES: tuple[str, ...] = (
     "log_age_min",
@@ -70,8 +92,21 @@ FEATURES: tuple[str, ...] = (
     "disp_down",
     "log_ppm_up_x_age",
 )
-
-_SUM_COLS = ("packets_up", "packets_down", "bytes_up", "bytes_down")
+#: What each feature means, for the reasons.
+FEATURE_TEXT = {
+    "log_age_min": "connection age",
+    "log_ppm_up": "client→server packets/min",
+    "log_ppm_down": "server→client packets/min",
+    "log_bpp_up": "client bytes/packet",
+    "log_bpp_down": "server bytes/packet",
+    "log_byte_ratio": "byte ratio up/down",
+    "log_pkt_ratio": "packet ratio up/down",
+    "disp_up": "dispersion of client packets per record",
+    "disp_down": "dispersion of server packets per record",
+    "log_ppm_up_x_age": "client packets/min × age",
+}
+#: Running totals per connection (and their input columns).
+TOTALS = ("PU", "PD", "BU", "BD", "NU", "ND", "PU2", "PD2")
 
 
 def _to_frame(flows: pa.Table | pa.RecordBatch | pl.DataFrame) -> pl.DataFrame:
@@ -80,8 +115,93 @@ def _to_frame(flows: pa.Table | pa.RecordBatch | pl.DataFrame) -> pl.DataFrame:
     return pl.from_arrow(flows)  # type: ignore[return-value]
 
 
+# --------------------------------------------------------------------------- features
+
+
+def _disp(n: np.ndarray, s: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """log1p of the index of dispersion (variance / mean, capped at 50) of per-record counts,
+    1 when fewer than two records carried packets."""
+    k = np.maximum(n, 1).astype(np.float64)
+    mean = s / k
+    var = np.maximum(s2 / k - mean * mean, 0.0)
+    d = np.where(n >= 2, var / np.maximum(mean, 1e-9), 1.0)
+    return np.log1p(np.clip(d, 0.0, 50.0))
+
+
+def feature_columns(t: dict[str, np.ndarray] | pl.DataFrame) -> Iterator[np.ndarray]:
+    """:data:`FEATURES`, one column at a time in that order, from running totals ``age_s``
+    and :data:`TOTALS`. The one definition of the features: training, :func:`detect`, the
+    live detector and the pandas baseline of the benchmark all compute exactly this. A
+    negative counter (bad input) gives NaN, which the scorecard puts in the lowest bin."""
+    c = {k: np.asarray(t[k]) for k in ("age_s", *TOTALS)}
+    age_min = np.maximum(c["age_s"] / 60.0, 0.5)
+    log_age = np.log(np.minimum(age_min, 120.0))
+    log_age_full = np.log(age_min)
+    lpu = np.log(c["PU"] + 1.0)
+    lpd = np.log(c["PD"] + 1.0)
+    lbu = np.log(c["BU"] + 1.0)
+    lbd = np.log(c["BD"] + 1.0)
+    ppm_up = lpu - log_age_full
+    yield log_age
+    yield ppm_up
+    yield lpd - log_age_full
+    yield lbu - lpu
+    yield lbd - lpd
+    yield lbu - lbd
+    yield lpu - lpd
+    yield _disp(c["NU"], c["PU"], c["PU2"])
+    yield _disp(c["ND"], c["PD"], c["PD2"])
+    yield ppm_up * log_age
+
+
+def feature_matrix(t: dict[str, np.ndarray] | pl.DataFrame) -> np.ndarray:
+    """:func:`feature_columns` as a matrix (rows = samples, columns = :data:`FEATURES`)."""
+    n = len(np.asarray(t["age_s"]))
+    cols = list(feature_columns(t))
+    return np.stack(cols, axis=1) if n else np.zeros((0, len(FEATURES)))
+
+
+def with_features(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` (running totals) with the :data:`FEATURES` columns added."""
+    x = feature_matrix(df) if df.height else np.zeros((0, len(FEATURES)))
+    return df.with_columns(
+        pl.Series(name, x[:, i], dtype=pl.Float64) for i, name in enumerate(FEATURES)
+    )
+
+
+def eligible() -> pl.Expr:
+    """Rows the model may score: seen long enough, with enough traffic both ways, and shaped
+    like submissions at all: a share submission is a few hundred bytes (CryptoNote ~200,
+    Stratum V1 ~150, plus TLS overhead), so a client that sends on average more than
+    :data:`MAX_UP_BYTES_PER_PACKET` per packet, or more than :data:`MAX_UP_DOWN_RATIO` times
+    what it receives, is uploading, not mining. The model was trained inside these bounds
+    only. (:func:`eligible_mask` is the same over NumPy arrays.)"""
+    return (
+        (pl.col("age_s") >= MIN_SPAN_S)
+        & (pl.col("PU") >= MIN_PACKETS)
+        & (pl.col("PD") >= MIN_PACKETS)
+        & (pl.col("BU") <= MAX_UP_BYTES_PER_PACKET * pl.col("PU"))
+        & (pl.col("BU") <= MAX_UP_DOWN_RATIO * pl.col("BD"))
+    )
+
+
+def eligible_mask(
+    age_s: np.ndarray, pu: np.ndarray, pd: np.ndarray, bu: np.ndarray, bd: np.ndarray
+) -> np.ndarray:
+    ok = age_s >= MIN_SPAN_S
+    ok &= pu >= MIN_PACKETS
+    ok &= pd >= MIN_PACKETS
+    ok &= bu <= MAX_UP_BYTES_PER_PACKET * pu
+    ok &= bu <= MAX_UP_DOWN_RATIO * bd
+    return ok
+
+
+# --------------------------------------------------------------------------- running totals
+
+
 def orient(flows: pa.Table | pa.RecordBatch | pl.DataFrame) -> pl.DataFrame:
-    """TCP records with the client as ``src`` and times in seconds (``t0``, ``t1``).
+    """TCP records with the client as ``src``, times in seconds (``t0``, ``t1``) and
+    microseconds (``t0_us``, ``t1_us``).
 
     A record that carries both directions keeps its orientation (its ``src`` started the
     connection). A one-way record (``packets_down == 0``) is oriented by port: the side with
@@ -98,6 +218,8 @@ def orient(flows: pa.Table | pa.RecordBatch | pl.DataFrame) -> pl.DataFrame:
     )
     sc = pl.col("_sc")
     scale = pl.col("sampling").fill_null(1).clip(1, None).cast(pl.Int64)
+    t0 = pl.coalesce("ts_start", "ts_end").dt.epoch("us")
+    t1 = pl.coalesce("ts_end", "ts_start").dt.epoch("us")
 
     def pick(a: str, b: str) -> pl.Expr:
         return pl.when(sc).then(pl.col(a)).otherwise(pl.col(b))
@@ -108,8 +230,10 @@ def orient(flows: pa.Table | pa.RecordBatch | pl.DataFrame) -> pl.DataFrame:
         dst_ip=pick("dst_ip", "src_ip"),
         dst_port=pick("dst_port", "src_port"),
         proto=pl.col("proto"),
-        t0=pl.col("ts_start").dt.epoch("us") / 1e6,
-        t1=pl.col("ts_end").dt.epoch("us") / 1e6,
+        t0_us=t0,
+        t1_us=t1,
+        t0=t0 / 1e6,
+        t1=t1 / 1e6,
         packets_up=pick("packets_up", "packets_down").fill_null(0) * scale,
         packets_down=pick("packets_down", "packets_up").fill_null(0) * scale,
         bytes_up=pick("bytes_up", "bytes_down").fill_null(0) * scale,
@@ -118,271 +242,330 @@ def orient(flows: pa.Table | pa.RecordBatch | pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def feature_exprs() -> list[pl.Expr]:
-    """Model features from running totals (``age_s``, ``PU``, ``PD``, ``BU``, ``BD``, ...)."""
-    age_min = (pl.col("age_s") / 60.0).clip(0.5, None)
-    pu, pd = pl.col("PU"), pl.col("PD")
-    bu, bd = pl.col("BU"), pl.col("BD")
+@dataclass
+class Running:
+    """Running totals per connection, rows in (connection, record end) order.
 
-    def disp(n: str, s: str, s2: str) -> pl.Expr:
-        k = pl.col(n).clip(1, None)
-        mean = pl.col(s) / k
-        var = (pl.col(s2) / k - mean * mean).clip(0, None)
-        return pl.when(pl.col(n) >= 2).then(var / mean.clip(1e-9, None)).otherwise(1.0)
+    ``perm`` maps each row back to its input row; ``starts``/``lengths`` delimit the
+    connections (``gid`` numbers them). ``first_t``/``last_t`` are in seconds. Records of a
+    connection that end at the same instant (one-way exports give one per direction; NetFlow
+    v9 times are whole seconds) make one moment: only the last row of each
+    (``moment_end``) holds the totals of that moment, whatever the order the ties came in,
+    and only those rows are scored.
+    """
 
-    ppm_up = ((pu + 1) / age_min).log()
-    return [
-        (age_min.clip(None, 120.0)).log().alias("log_age_min"),
-        ppm_up.alias("log_ppm_up"),
-        ((pd + 1) / age_min).log().alias("log_ppm_down"),
-        ((bu + 1) / (pu + 1)).log().alias("log_bpp_up"),
-        ((bd + 1) / (pd + 1)).log().alias("log_bpp_down"),
-        ((bu + 1) / (bd + 1)).log().alias("log_byte_ratio"),
-        ((pu + 1) / (pd + 1)).log().alias("log_pkt_ratio"),
-        disp("NU", "PU", "PU2").clip(0, 50).log1p().alias("disp_up"),
-        disp("ND", "PD", "PD2").clip(0, 50).log1p().alias("disp_down"),
-        (ppm_up * (age_min.clip(None, 120.0)).log()).alias("log_ppm_up_x_age"),
-    ]
+    perm: np.ndarray
+    moment_end: np.ndarray
+    gid: np.ndarray
+    starts: np.ndarray
+    lengths: np.ndarray
+    first_t: np.ndarray
+    last_t: np.ndarray
+    age_s: np.ndarray
+    totals: dict[str, np.ndarray]
+
+    def columns(self, rows: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
+        """``age_s`` and :data:`TOTALS` at some rows (what :func:`feature_matrix` takes)."""
+        return {"age_s": self.age_s[rows], **{k: v[rows] for k, v in self.totals.items()}}
+
+
+def _seg_cumsum(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Cumulative sum restarting at every segment start, in place in ``x`` (int64, a fresh
+    array): each segment's first value has the previous segment's total taken off, then
+    one ``cumsum`` runs over the whole column."""
+    if len(starts) > 1:
+        totals = np.add.reduceat(x, starts)
+        x[starts[1:]] -= totals[:-1]
+    return np.cumsum(x, out=x)
+
+
+def _seg_cummin(
+    v: np.ndarray, starts: np.ndarray, lengths: np.ndarray, gid: np.ndarray
+) -> np.ndarray:
+    """Running minimum restarting at every segment start, for int64 ``v``.
+
+    Usually a connection's first record (by end time) also starts first, and the running
+    minimum is that start throughout. Otherwise each segment is shifted below all earlier
+    ones (by its index times the widest spread within a segment), so one
+    ``np.minimum.accumulate`` cannot carry a value across a segment start.
+    """
+    first = np.repeat(v[starts], lengths)
+    d = v - first
+    lo = int(d.min()) if len(d) else 0
+    if lo >= 0:
+        return first
+    k = int(d.max()) - lo + 1
+    if (len(starts) + 1) * k < 2**62:
+        shift = gid.astype(np.int64) * k
+        return np.minimum.accumulate(d - shift) + shift + first
+    out = v.copy()  # spreads too wide to shift: one segment at a time (never seen in flows)
+    for s, n in zip(starts.tolist(), lengths.tolist(), strict=True):
+        out[s : s + n] = np.minimum.accumulate(v[s : s + n])
+    return out
+
+
+def _sort_order(cid: np.ndarray, t1_us: np.ndarray) -> np.ndarray:
+    """Row order by (connection id, record end); the order of records that end at the same
+    instant is left open (it does not matter: see :class:`Running`).
+
+    Two NumPy sorts, no comparison of composite rows: the ids are sorted once (quicksort) and
+    numbered, then (number, end time) is packed into one 64-bit key that is already sorted
+    by connection, which the stable sort (timsort, that profits from sorted runs) finishes.
+    """
+    p = np.argsort(cid)
+    c = cid[p]
+    start = np.empty(len(c), dtype=bool)
+    if len(c):
+        start[0] = True
+        np.not_equal(c[1:], c[:-1], out=start[1:])
+    gid = np.cumsum(start) - 1
+    t1 = t1_us[p]
+    lo = int(t1.min()) if len(t1) else 0
+    span_bits = (int(t1.max()) - lo + 1).bit_length() if len(t1) else 1
+    gid_bits = max(int(gid[-1]) if len(gid) else 0, 1).bit_length()
+    if span_bits + gid_bits <= 63:
+        key = (gid.astype(np.uint64) << np.uint64(span_bits)) | (t1 - lo).astype(np.uint64)
+        return p[np.argsort(key, kind="stable")]
+    again = pl.DataFrame({"g": gid, "a": t1}).select(pl.arg_sort_by("g", "a"))
+    return p[again.to_series().to_numpy()]
+
+
+def _running(
+    cid: np.ndarray,
+    t0_us: np.ndarray,
+    t1_us: np.ndarray,
+    pu: np.ndarray,
+    pd: np.ndarray,
+    bu: np.ndarray,
+    bd: np.ndarray,
+) -> Running:
+    """Sort once by (connection id, record end); totals over the sorted rows."""
+    n = len(cid)
+    perm = _sort_order(cid, t1_us)
+    c = cid[perm]
+    start = np.empty(n, dtype=bool)
+    if n:
+        start[0] = True
+        np.not_equal(c[1:], c[:-1], out=start[1:])
+    starts = np.flatnonzero(start)
+    lengths = np.diff(np.append(starts, n))
+    gid = np.cumsum(start) - 1
+    pu, pd, bu, bd = pu[perm], pd[perm], bu[perm], bd[perm]
+    t1 = t1_us[perm]
+    moment_end = np.empty(n, dtype=bool)
+    if n:
+        moment_end[-1] = True
+        moment_end[:-1] = start[1:] | (t1[1:] != t1[:-1])
+    first_us = _seg_cummin(t0_us[perm], starts, lengths, gid)
+    first_t = first_us / 1e6
+    last_t = t1 / 1e6  # record ends are sorted within a connection: their running maximum
+    totals = {
+        "NU": _seg_cumsum((pu > 0).astype(np.int64), starts),
+        "ND": _seg_cumsum((pd > 0).astype(np.int64), starts),
+        "PU2": _seg_cumsum(pu * pu, starts),
+        "PD2": _seg_cumsum(pd * pd, starts),
+        "PU": _seg_cumsum(pu, starts),
+        "PD": _seg_cumsum(pd, starts),
+        "BU": _seg_cumsum(bu, starts),
+        "BD": _seg_cumsum(bd, starts),
+    }
+    return Running(
+        perm, moment_end, gid, starts, lengths, first_t, last_t, last_t - first_t, totals
+    )
 
 
 def running_totals(oriented: pl.DataFrame) -> pl.DataFrame:
-    """Per connection and record (in order of record end): totals over the connection so far.
+    """Per connection and record end (a :class:`Running` moment): totals over the connection
+    so far, for an :func:`orient` frame. Rows come out sorted by connection and time."""
+    if oriented.height == 0:
+        return oriented.with_columns(
+            *(pl.lit(0, dtype=pl.Int64).alias(k) for k in TOTALS),
+            first_t=pl.lit(0.0),
+            last_t=pl.lit(0.0),
+            age_s=pl.lit(0.0),
+        )
+    cid = oriented.select(pl.struct(list(CONN_KEY)).hash()).to_series().to_numpy()
 
-    Rows come out sorted by connection (``cid``, a 64-bit hash of :data:`CONN_KEY`) and time,
-    so the running totals are windowed sums over one small integer key.
-    """
-    key = list(CONN_KEY)
-    df = oriented.with_columns(cid=pl.struct(key).hash()).sort("cid", "t1", "t0")
-    pu, pd = pl.col("packets_up"), pl.col("packets_down")
-    over = "cid"
-    return df.with_columns(
-        first_t=pl.col("t0").cum_min().over(over),
-        last_t=pl.col("t1").cum_max().over(over),
-        PU=pu.cum_sum().over(over),
-        PD=pd.cum_sum().over(over),
-        BU=pl.col("bytes_up").cum_sum().over(over),
-        BD=pl.col("bytes_down").cum_sum().over(over),
-        NU=(pu > 0).cast(pl.Int64).cum_sum().over(over),
-        ND=(pd > 0).cast(pl.Int64).cum_sum().over(over),
-        PU2=(pu * pu).cum_sum().over(over),
-        PD2=(pd * pd).cum_sum().over(over),
-        sni=pl.col("sni").fill_null(strategy="forward").over(over),
-    ).with_columns(age_s=pl.col("last_t") - pl.col("first_t"))
+    def col(name: str) -> np.ndarray:
+        return oriented[name].cast(pl.Int64).to_numpy()
+
+    r = _running(
+        cid,
+        col("t0_us"),
+        col("t1_us"),
+        col("packets_up"),
+        col("packets_down"),
+        col("bytes_up"),
+        col("bytes_down"),
+    )
+    sni_last = (
+        pl.DataFrame({"g": r.gid, "sni": oriented["sni"].gather(r.perm)})
+        .select(pl.col("sni").fill_null(strategy="forward").over("g"))
+        .to_series()
+    )
+    keep = r.moment_end
+    return oriented.drop("sni")[r.perm[keep]].with_columns(
+        first_t=pl.Series(r.first_t[keep]),
+        last_t=pl.Series(r.last_t[keep]),
+        age_s=pl.Series(r.age_s[keep]),
+        sni=sni_last.filter(pl.Series(keep)),
+        **{k: pl.Series(v[keep]) for k, v in r.totals.items()},
+    )
 
 
 def connection_features(flows: pa.Table | pa.RecordBatch | pl.DataFrame) -> pl.DataFrame:
     """One row per (connection, record end) with the running totals and :data:`FEATURES`."""
-    return running_totals(orient(flows)).with_columns(feature_exprs())
+    return with_features(running_totals(orient(flows)))
 
 
-@dataclass
-class TreeEnsemble:
-    """A fitted binary gradient-boosted tree ensemble as NumPy arrays, evaluated without
-    scikit-learn: importing scikit-learn and SciPy costs ~1.8 s, more than scoring a whole
-    capture. Every tree is padded to the same node count; a row walks all trees at once,
-    one level per step (``depth`` steps), as scikit-learn's predictor decides: missing
-    values follow ``missing_left``, otherwise ``x <= threshold`` goes left."""
-
-    feature: np.ndarray  # (trees, nodes) int
-    threshold: np.ndarray  # (trees, nodes) float
-    left: np.ndarray  # (trees, nodes) int
-    right: np.ndarray  # (trees, nodes) int
-    leaf: np.ndarray  # (trees, nodes) bool
-    value: np.ndarray  # (trees, nodes) float: the leaf's raw score
-    missing_left: np.ndarray  # (trees, nodes) bool
-    baseline: float
-    depth: int
-
-    @classmethod
-    def from_sklearn(cls, est: Any) -> TreeEnsemble:
-        """From a fitted binary HistGradientBoostingClassifier (numerical features)."""
-        trees = [p[0].nodes for p in est._predictors]
-        if any(t["is_categorical"].any() for t in trees):
-            raise ValueError("categorical splits are not supported by the array evaluator")
-        n = max(len(t) for t in trees)
-
-        def pad(name: str, dtype: Any, fill: Any) -> np.ndarray:
-            out = np.full((len(trees), n), fill, dtype=dtype)
-            for i, t in enumerate(trees):
-                out[i, : len(t)] = t[name]
-            return out
-
-        return cls(
-            feature=pad("feature_idx", np.int64, 0),
-            threshold=pad("num_threshold", np.float64, 0.0),
-            left=pad("left", np.int64, 0),
-            right=pad("right", np.int64, 0),
-            leaf=pad("is_leaf", bool, True),
-            value=pad("value", np.float64, 0.0),
-            missing_left=pad("missing_go_to_left", bool, False),
-            baseline=float(np.ravel(est._baseline_prediction)[0]),
-            depth=int(max(int(t["depth"].max()) for t in trees)) + 1,
-        )
-
-    def predict_proba(self, x: np.ndarray, chunk: int = 16_384) -> np.ndarray:
-        """Probability of the positive class for each row of ``x``, ``chunk`` rows at a time
-        (memory: a few (trees x chunk) arrays, about 40 MB each for 300 trees)."""
-        if x.shape[0] > chunk:
-            parts = [self._proba(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)]
-            return np.concatenate(parts)
-        return self._proba(x)
-
-    def _proba(self, x: np.ndarray) -> np.ndarray:
-        n = x.shape[0]
-        t = np.arange(self.feature.shape[0])[:, None]
-        rows = np.arange(n)[None, :]
-        node = np.zeros((self.feature.shape[0], n), dtype=np.int64)
-        for _ in range(self.depth):
-            v = x[rows, self.feature[t, node]]
-            go_left = np.where(
-                np.isnan(v), self.missing_left[t, node], v <= self.threshold[t, node]
-            )
-            nxt = np.where(go_left, self.left[t, node], self.right[t, node])
-            node = np.where(self.leaf[t, node], node, nxt)
-        raw = self.baseline + self.value[t, node].sum(axis=0)
-        return np.asarray(1.0 / (1.0 + np.exp(-raw)))
-
-    _KEYS = ("feature", "threshold", "left", "right", "leaf", "value", "missing_left")
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The arrays under ``tree_``-prefixed names (for an .npz file)."""
-        out = {f"tree_{k}": getattr(self, k) for k in self._KEYS}
-        out["tree_baseline"] = np.array([self.baseline])
-        out["tree_depth"] = np.array([self.depth])
-        return out
-
-    @classmethod
-    def from_arrays(cls, a: Any) -> TreeEnsemble:
-        return cls(
-            **{k: np.asarray(a[f"tree_{k}"]) for k in cls._KEYS},
-            baseline=float(a["tree_baseline"][0]),
-            depth=int(a["tree_depth"][0]),
-        )
+# --------------------------------------------------------------------------- the model
 
 
 @dataclass
 class BehaviorModel:
-    """A gradient-boosted tree classifier plus isotonic calibration (joblib file).
+    """A scorecard (additive log-odds over binned :attr:`features`) plus isotonic calibration.
 
-    ``estimator`` is a fitted scikit-learn classifier over :attr:`features` (columns in that
-    order); ``iso_x``/``iso_y`` map its probability to a calibrated one by linear
+    ``iso_x``/``iso_y`` map the scorecard's log-odds to a calibrated probability by linear
     interpolation; ``threshold`` is the calibrated confidence at which a connection is
-    reported. The file records the scikit-learn version it was written with; loading it
-    under another version is refused with a message (retrain: ``benchmarks/train_behavior.py``).
+    reported. ``reference_x``/``reference_logit`` are feature rows and the log-odds the
+    training library gave them, kept to check the shipped tables against (tests).
     """
 
     features: tuple[str, ...]
-    estimator: Any
+    card: Scorecard
     iso_x: np.ndarray
     iso_y: np.ndarray
     threshold: float
     meta: dict[str, Any] = field(default_factory=dict)
-    trees: TreeEnsemble | None = None
+    reference_x: np.ndarray | None = None
+    reference_logit: np.ndarray | None = None
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> BehaviorModel:
-        """The shipped model (its array form, no scikit-learn needed), or a joblib file."""
+        """The shipped model, or an .npz file written by :meth:`save`."""
         if path is None:
-            ref = resources.files("minewatch.data").joinpath(TREES_FILE)
-            with resources.as_file(ref) as p, np.load(p, allow_pickle=False) as a:
-                meta = json.loads(str(a["meta"][0]))
-                return cls(
-                    features=tuple(str(f) for f in a["features"]),
-                    estimator=None,
-                    iso_x=np.asarray(a["iso_x"], dtype=np.float64),
-                    iso_y=np.asarray(a["iso_y"], dtype=np.float64),
-                    threshold=float(a["threshold"][0]),
-                    meta=meta,
-                    trees=TreeEnsemble.from_arrays(a),
-                )
-        return cls.load_joblib(path)
-
-    @classmethod
-    def load_joblib(cls, path: str | Path | None = None) -> BehaviorModel:
-        import joblib
-        import sklearn
-
-        if path is None:
-            with resources.as_file(resources.files("minewatch.data").joinpath(MODEL_FILE)) as p:
-                d = joblib.load(p)
-        else:
-            d = joblib.load(path)
-        made = d["meta"].get("sklearn")
-        if made and made.split(".")[:2] != sklearn.__version__.split(".")[:2]:
-            raise RuntimeError(
-                f"behaviour model was written with scikit-learn {made}, this is "
-                f"{sklearn.__version__}: retrain it with benchmarks/train_behavior.py train"
+            ref = resources.files("minewatch.data").joinpath(MODEL_FILE)
+            with resources.as_file(ref) as p:
+                return cls.load(p)
+        with np.load(path, allow_pickle=False) as a:
+            return cls(
+                features=tuple(str(f) for f in a["features"]),
+                card=Scorecard.from_arrays(a),
+                iso_x=np.asarray(a["iso_x"], dtype=np.float64),
+                iso_y=np.asarray(a["iso_y"], dtype=np.float64),
+                threshold=float(a["threshold"][0]),
+                meta=json.loads(str(a["meta"][0])),
+                reference_x=np.asarray(a["reference_x"]) if "reference_x" in a else None,
+                reference_logit=(
+                    np.asarray(a["reference_logit"]) if "reference_logit" in a else None
+                ),
             )
-        return cls(
-            features=tuple(d["features"]),
-            estimator=d["estimator"],
-            iso_x=np.asarray(d["iso_x"], dtype=np.float64),
-            iso_y=np.asarray(d["iso_y"], dtype=np.float64),
-            threshold=float(d["threshold"]),
-            meta=d["meta"],
-        )
 
     def save(self, path: str | Path) -> None:
-        import joblib
-        import sklearn
-
-        self.meta["sklearn"] = sklearn.__version__
-        joblib.dump(
-            {
-                "features": list(self.features),
-                "estimator": self.estimator,
-                "iso_x": self.iso_x.tolist(),
-                "iso_y": self.iso_y.tolist(),
-                "threshold": self.threshold,
-                "meta": self.meta,
-            },
-            path,
-            compress=3,
-        )
-        self.save_arrays(Path(path).with_suffix(".npz"))
-
-    def save_arrays(self, path: str | Path) -> None:
-        """The array form that :meth:`load` reads (written beside the joblib file)."""
-        trees = self.trees or TreeEnsemble.from_sklearn(self.estimator)
         arrays: dict[str, Any] = {
             "features": np.array(self.features),
             "iso_x": self.iso_x,
             "iso_y": self.iso_y,
             "threshold": np.array([self.threshold]),
             "meta": np.array([json.dumps(self.meta, default=str)]),
-            **trees.arrays(),
+            **self.card.arrays(),
         }
+        if self.reference_x is not None and self.reference_logit is not None:
+            arrays["reference_x"] = self.reference_x
+            arrays["reference_logit"] = self.reference_logit
         np.savez_compressed(path, **arrays)
 
-    def raw(self, x: np.ndarray) -> np.ndarray:
-        """The uncalibrated probability for a feature matrix (rows = samples).
+    def logit(self, x: np.ndarray) -> np.ndarray:
+        """The scorecard's log-odds for a feature matrix (rows = samples)."""
+        return self.card.logit(x)
 
-        One OpenMP thread: scikit-learn's tree predictor starts its thread team once per
-        tree, which on a busy 2-core machine cost ~10 ms a tree (3.7 s for 2,000 rows,
-        measured) against 35 ms in all on one thread.
-        """
-        if self.estimator is None and x.shape[0] > ARRAY_MAX_ROWS:
-            try:  # many rows: scikit-learn's compiled predictor is worth its import time
-                self.estimator = BehaviorModel.load_joblib().estimator
-            except (RuntimeError, ImportError, OSError):
-                self.estimator = None  # another scikit-learn version: the arrays still work
-        if self.trees is not None and (self.estimator is None or x.shape[0] <= ARRAY_MAX_ROWS):
-            return self.trees.predict_proba(x)
-        from threadpoolctl import threadpool_limits
+    def calibrate(self, logit: np.ndarray) -> np.ndarray:
+        return np.interp(logit, self.iso_x, self.iso_y)
 
-        with threadpool_limits(1, "openmp"):
-            return np.asarray(self.estimator.predict_proba(x)[:, 1])
+    def confidence(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated probability per row of a feature matrix."""
+        return self.calibrate(self.logit(x))
 
-    def calibrate(self, raw: np.ndarray) -> np.ndarray:
-        return np.interp(raw, self.iso_x, self.iso_y)
+    def confidence_totals(self, totals: dict[str, np.ndarray]) -> np.ndarray:
+        """Calibrated probability from running totals (:func:`feature_columns`), each
+        feature binned as soon as it is computed."""
+        if self.features != FEATURES:
+            return self.confidence(feature_matrix(totals))
+        n = len(totals["age_s"])
+        return self.calibrate(self.card.logit_columns(feature_columns(totals), n))
 
     def score_frame(self, feats: pl.DataFrame) -> np.ndarray:
         """Calibrated probability per row of a frame holding the model's features."""
         if feats.height == 0:
             return np.zeros(0)
-        x = feats.select(self.features).to_numpy().astype(np.float64)
-        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        return self.calibrate(self.raw(x))
+        return self.confidence(feats.select(self.features).to_numpy().astype(np.float64))
+
+    def term_reasons(self, x: np.ndarray, top: int = 3) -> list[str]:
+        """Per row of ``x``: the terms that raised the score most and the one that lowered it
+        most, in log-odds against a typical benign long-lived connection (the tables are
+        centred on the benign training rows). Whole columns at once."""
+        if x.shape[0] == 0:
+            return []
+        contrib = self.card.contributions(x)
+        order = np.argsort(-contrib, axis=1)
+        texts = np.array([_term_text(n) for n in self.card.term_names], dtype=object)
+        rows = np.arange(x.shape[0])
+        top = min(top, contrib.shape[1])
+        cols: dict[str, Any] = {}
+        for k in range(top):
+            cols[f"n{k}"] = pl.Series(texts[order[:, k]], dtype=pl.Utf8)
+            cols[f"v{k}"] = contrib[rows, order[:, k]]
+        cols["nl"] = pl.Series(texts[order[:, -1]], dtype=pl.Utf8)
+        cols["vl"] = contrib[rows, order[:, -1]]
+        raised = pl.concat_list(
+            pl.when(pl.col(f"v{k}") > 0.05).then(
+                pl.concat_str([pl.col(f"n{k}"), pl.lit(" "), _fixed(pl.col(f"v{k}"), 1, True)])
+            )
+            for k in range(top)
+        ).list.drop_nulls()
+        text = pl.concat_str(
+            [
+                pl.lit("model terms (log-odds against a typical benign connection): "),
+                pl.when(raised.list.len() > 0)
+                .then(raised.list.join(", "))
+                .otherwise(pl.lit("none raised it")),
+                pl.when(pl.col("vl") < -0.05)
+                .then(
+                    pl.concat_str(
+                        [
+                            pl.lit("; lowered by "),
+                            pl.col("nl"),
+                            pl.lit(" "),
+                            _fixed(pl.col("vl"), 1, True),
+                        ]
+                    )
+                )
+                .otherwise(pl.lit("")),
+            ]
+        )
+        return pl.DataFrame(cols).select(text).to_series().to_list()
+
+
+def _fixed(e: pl.Expr, digits: int, signed: bool = False) -> pl.Expr:
+    """A float column as text with ``digits`` decimals (``+`` in front when ``signed``), as
+    ``f"{x:.2f}"`` does for one number; null for NaN."""
+    k = 10**digits
+    v = (e.abs() * k).round(0).cast(pl.Int64, strict=False)
+    whole = (v // k).cast(pl.Utf8)
+    text = (
+        whole
+        if digits == 0
+        else pl.concat_str([whole, pl.lit("."), (v % k).cast(pl.Utf8).str.zfill(digits)])
+    )
+    sign = pl.when((e < 0) & (v > 0)).then(pl.lit("-")).otherwise(pl.lit("+" if signed else ""))
+    return pl.concat_str([sign, text])
+
+
+def _term_text(name: str) -> str:
+    if "×" in name:
+        a, b = name.split("×")
+        return f"{FEATURE_TEXT.get(a, a)} with {FEATURE_TEXT.get(b, b)}"
+    return FEATURE_TEXT.get(name, name)
 
 
 _DEFAULT_MODEL: BehaviorModel | None = None
@@ -395,22 +578,6 @@ def default_model() -> BehaviorModel:
     return _DEFAULT_MODEL
 
 
-def eligible() -> pl.Expr:
-    """Rows the model may score: seen long enough, with enough traffic both ways, and shaped
-    like submissions at all: a share submission is a few hundred bytes (CryptoNote ~200,
-    Stratum V1 ~150, plus TLS overhead), so a client that sends on average more than
-    :data:`MAX_UP_BYTES_PER_PACKET` per packet, or more than :data:`MAX_UP_DOWN_RATIO` times
-    what it receives, is uploading, not mining. Trees do not extrapolate sensibly outside
-    what they were trained on; these bounds keep them inside it."""
-    return (
-        (pl.col("age_s") >= MIN_SPAN_S)
-        & (pl.col("PU") >= MIN_PACKETS)
-        & (pl.col("PD") >= MIN_PACKETS)
-        & (pl.col("BU") <= MAX_UP_BYTES_PER_PACKET * pl.col("PU"))
-        & (pl.col("BU") <= MAX_UP_DOWN_RATIO * pl.col("BD"))
-    )
-
-
 def score(feats: pl.DataFrame, model: BehaviorModel | None = None) -> pl.DataFrame:
     """Add ``confidence`` (0 where not eligible) to a :func:`connection_features` frame."""
     m = model if model is not None else default_model()
@@ -421,73 +588,256 @@ def score(feats: pl.DataFrame, model: BehaviorModel | None = None) -> pl.DataFra
     return feats.with_columns(confidence=pl.Series(conf, dtype=pl.Float64))
 
 
-def _iso(ts: float | None) -> str | None:
-    if ts is None or (isinstance(ts, float) and math.isnan(ts)):
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def summarize(
+    scored: pl.DataFrame, threshold: float, model: BehaviorModel | None = None
+) -> pl.DataFrame:
+    """Per connection: the row at which confidence first reached ``threshold`` (among the
+    rows the model scores, :func:`eligible`), plus totals.
 
-
-def summarize(scored: pl.DataFrame, threshold: float) -> pl.DataFrame:
-    """Per connection: the row at which confidence first reached ``threshold``, plus totals.
-
-    ``detected_at`` is the record end at which it first did; the figures in the reasons come
-    from the last row (everything seen).
+    ``detected_at`` is the record end at which it first did, and ``terms`` the model terms at
+    that record; the other figures in the reasons come from the last row (everything seen).
     """
     key = list(CONN_KEY)
-    hits = (
-        scored.filter(pl.col("confidence") >= threshold)
-        .group_by(key)
-        .agg(
-            detected_at=pl.col("last_t").min(),
-            confidence=pl.col("confidence").max(),
-        )
+    m = model if model is not None else default_model()
+    hit_rows = scored.filter((pl.col("confidence") >= threshold) & eligible())
+    hits = hit_rows.group_by(key).agg(
+        detected_at=pl.col("last_t").min(),
+        confidence=pl.col("confidence").max(),
+        first_hit=pl.struct(list(m.features)).sort_by("last_t").first(),
     )
     if hits.height == 0:
-        return hits
+        return hits.drop("first_hit").with_columns(terms=pl.lit(None, dtype=pl.Utf8))
+    first = hits.select(pl.col("first_hit").struct.unnest())
+    terms = m.term_reasons(first.select(m.features).to_numpy().astype(np.float64))
+    hits = hits.drop("first_hit").with_columns(terms=pl.Series(terms, dtype=pl.Utf8))
     sub = scored.join(hits.select(key), on=key, how="semi")
     last = sub.group_by(key).agg(pl.all().sort_by("last_t").last())
     return hits.join(last.drop("confidence"), on=key, how="left")
 
 
-def _reasons(r: dict[str, Any], packets: dict[str, Any] | None) -> list[str]:
-    age_min = r["age_s"] / 60.0
-    mins = max(age_min, 0.5)
-    pu, pd, bu, bd = r["PU"], r["PD"], r["BU"], r["BD"]
-    out = [
-        f"connection open {age_min:.1f} min",
-        f"client→server {pu / mins:.1f} packets/min of ~{bu / max(pu, 1):.0f} bytes",
-        f"server→client {pd / mins:.1f} packets/min of ~{bd / max(pd, 1):.0f} bytes",
-        f"byte ratio up/down {bu / max(bd, 1):.2f}",
-    ]
-    disp = r.get("disp_up")
-    if disp is not None and r["NU"] >= 2:
-        d = math.expm1(disp)
-        kind = "Poisson-like (random submissions)" if 0.3 <= d <= 3 else "not Poisson-like"
-        out.append(
-            f"client packets per record vary with dispersion {d:.2f} over {r['NU']} records "
-            f"({kind})"
+# --------------------------------------------------------------------------- the detect path
+
+_MIX = (
+    np.uint64(0x9E3779B97F4A7C15),
+    np.uint64(0xC2B2AE3D27D4EB4F),
+    np.uint64(0x165667B19E3779F9),
+)
+
+
+def _conn_id(client: np.ndarray, server: np.ndarray, ports: np.ndarray) -> np.ndarray:
+    """A 64-bit connection id from the two address hashes and the packed ports (odd
+    multipliers: for fixed other parts, distinct values give distinct ids)."""
+    with np.errstate(over="ignore"):
+        return (client * _MIX[0]) ^ (server * _MIX[1]) ^ (ports.astype(np.uint64) * _MIX[2])
+
+
+@dataclass
+class _Hot:
+    """The TCP rows of a FLOWS frame as oriented NumPy columns with their running totals."""
+
+    rows: np.ndarray  # input row of each TCP row
+    sc: np.ndarray  # whether the input's src is the client
+    run: Running
+
+
+def _hot(df: pl.DataFrame) -> _Hot:
+    """Orientation, connection ids and running totals over whole columns; the address
+    strings are only hashed here (they are read back for reported connections only)."""
+    scale = pl.col("sampling").fill_null(1).clip(1, None).cast(pl.Int64)
+    t0 = pl.coalesce("ts_start", "ts_end").dt.epoch("us")
+    t1 = pl.coalesce("ts_end", "ts_start").dt.epoch("us")
+    num = (
+        df.lazy()
+        .with_row_index("row")
+        .filter(pl.col("proto") == 6)
+        .select(
+            "row",
+            two_way=((pl.col("packets_down") > 0) | (pl.col("bytes_down") > 0)).fill_null(False),
+            hs=pl.col("src_ip").hash(),
+            hd=pl.col("dst_ip").hash(),
+            sp=pl.col("src_port").fill_null(0).cast(pl.Int64),
+            dp=pl.col("dst_port").fill_null(0).cast(pl.Int64),
+            t0=t0,
+            t1=t1,
+            up=pl.col("packets_up").fill_null(0) * scale,
+            down=pl.col("packets_down").fill_null(0) * scale,
+            bup=pl.col("bytes_up").fill_null(0) * scale,
+            bdown=pl.col("bytes_down").fill_null(0) * scale,
         )
+        .collect()
+    )
+    a = {c: num[c].to_numpy() for c in num.columns}
+    sc = a["two_way"] | (a["sp"] > a["dp"])
+    tie = np.flatnonzero(~a["two_way"] & (a["sp"] == a["dp"]))
+    if len(tie):  # same port both ends: the greater address is the client
+        ips = df.select("src_ip", "dst_ip")[a["row"][tie]]
+        sc[tie] = (ips["src_ip"] >= ips["dst_ip"]).fill_null(False).to_numpy()
+    cid = _conn_id(
+        np.where(sc, a["hs"], a["hd"]),
+        np.where(sc, a["hd"], a["hs"]),
+        np.where(sc, a["sp"], a["dp"]) << 16 | np.where(sc, a["dp"], a["sp"]),
+    )
+    pu, pd = np.where(sc, a["up"], a["down"]), np.where(sc, a["down"], a["up"])
+    bu, bd = np.where(sc, a["bup"], a["bdown"]), np.where(sc, a["bdown"], a["bup"])
+    rows, t0_us, t1_us = a["row"], a["t0"], a["t1"]
+    keep = _may_qualify(cid, pu, pd)
+    if not keep.all():
+        k = np.flatnonzero(keep)
+        rows, sc, cid, t0_us, t1_us = rows[k], sc[k], cid[k], t0_us[k], t1_us[k]
+        pu, pd, bu, bd = pu[k], pd[k], bu[k], bd[k]
+    return _Hot(rows, sc, _running(cid, t0_us, t1_us, pu, pd, bu, bd))
+
+
+def _may_qualify(cid: np.ndarray, pu: np.ndarray, pd: np.ndarray) -> np.ndarray:
+    """Rows of connections that may reach :data:`MIN_PACKETS` each way (an exact gate).
+
+    Packets are summed per bucket of connection ids (``np.bincount``, two buckets per row,
+    at most 4 M buckets so the sums stay small); a bucket's sum is at least the total of every
+    connection in it, so a row whose bucket stays below the minimum one way belongs to a
+    connection that never qualifies.
+    Short-lived connections, most of a network's records, go here before the sort.
+    """
+    n = len(cid)
+    if n == 0:
+        return np.ones(0, dtype=bool)
+    buckets = 1 << min(22, max(10, (2 * n - 1).bit_length()))
+    b = (cid & np.uint64(buckets - 1)).astype(np.intp)
+    ok = np.bincount(b, weights=pu, minlength=buckets)[b] >= MIN_PACKETS
+    ok &= np.bincount(b, weights=pd, minlength=buckets)[b] >= MIN_PACKETS
+    return ok
+
+
+def _segment_rows(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All row positions of some segments, and which of them (0..len-1) each belongs to."""
+    which = np.repeat(np.arange(len(starts)), lengths)
+    offset = np.arange(len(which)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + offset, which
+
+
+def _hot_summary(
+    df: pl.DataFrame, h: _Hot, model: BehaviorModel, threshold: float
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Detected connections (as :func:`summarize` gives them) and their packet totals."""
+    r = h.run
+    t = r.totals
+    ok = eligible_mask(r.age_s, t["PU"], t["PD"], t["BU"], t["BD"])
+    e = np.flatnonzero(ok & r.moment_end)
+    conf = model.confidence_totals(r.columns(e)) if len(e) else np.zeros(0)
+    hit = conf >= threshold
+    if not hit.any():
+        return pl.DataFrame(), None
+    rows, hconf = e[hit], conf[hit]
+    g = r.gid[rows]  # non-decreasing: rows are in connection order
+    first = np.flatnonzero(np.diff(g, prepend=-1))
+    ug = g[first]
+    det_row = rows[first]  # the earliest record at which each connection reached it
+    last_row = r.starts[ug] + r.lengths[ug] - 1
+    src = h.rows[r.perm[last_row]]
+    sc = pl.Series(h.sc[r.perm[last_row]])
+    ends = df.select("src_ip", "src_port", "dst_ip", "dst_port")[src]
+
+    def pick(a: str, b: str) -> pl.Series:
+        return ends.select(pl.when(sc).then(pl.col(a)).otherwise(pl.col(b))).to_series()
+
+    members, which = _segment_rows(r.starts[ug], r.lengths[ug])
+    member_rows = h.rows[r.perm[members]]
+    sni = (
+        pl.DataFrame({"k": which, "sni": df["sni"][member_rows]})
+        .group_by("k", maintain_order=True)
+        .agg(pl.col("sni").drop_nulls().last())
+        .sort("k")["sni"]
+    )
+    last_x = feature_matrix(r.columns(last_row))
+    summary = pl.DataFrame(
+        {
+            "src_ip": pick("src_ip", "dst_ip"),
+            "src_port": pick("src_port", "dst_port"),
+            "dst_ip": pick("dst_ip", "src_ip"),
+            "dst_port": pick("dst_port", "src_port"),
+            "proto": pl.Series(np.full(len(ug), 6), dtype=pl.Int16),
+            "detected_at": r.last_t[det_row],
+            "confidence": np.maximum.reduceat(hconf, first),
+            "terms": pl.Series(model.term_reasons(feature_matrix(r.columns(det_row)))),
+            "first_t": r.first_t[last_row],
+            "last_t": r.last_t[last_row],
+            "age_s": r.age_s[last_row],
+            **{k: t[k][last_row] for k in TOTALS},
+            "disp_up": last_x[:, FEATURES.index("disp_up")],
+            "sni": sni,
+        }
+    )
+    packets = None
+    if "pushes_down" in df.columns:
+        packets = (
+            df.select(_PACKET_COLS)[member_rows]
+            .with_columns(k=pl.Series(which))
+            .group_by("k")
+            .agg(pl.all().sum())
+            .sort("k")
+            .drop("k")
+        )
+        packets = pl.concat([summary.select(CONN_KEY), packets], how="horizontal")
+    return summary, packets
+
+
+def _reason_exprs(threshold: float, packets: bool) -> list[pl.Expr]:
+    """The reasons of a detection as text columns (null where one does not apply), computed
+    for all reported connections at once from a :func:`summarize`-shaped frame."""
+    age_min = pl.col("age_s") / 60.0
+    mins = age_min.clip(0.5, None)
+    pu, pd, bu, bd = pl.col("PU"), pl.col("PD"), pl.col("BU"), pl.col("BD")
+    disp = pl.col("disp_up").exp() - 1.0
+    out = [
+        pl.concat_str([
+            pl.lit("behaviour model "), _fixed(pl.col("confidence"), 3),
+            pl.lit(f" ≥ {threshold:.3f} after "),
+            _fixed((pl.col("detected_at") - pl.col("first_t")) / 60.0, 1),
+            pl.lit(" min of observation"),
+        ]),
+        pl.concat_str([pl.lit("connection open "), _fixed(age_min, 1), pl.lit(" min")]),
+        pl.concat_str([
+            pl.lit("client→server "), _fixed(pu / mins, 1), pl.lit(" packets/min of ~"),
+            _fixed(bu / pu.clip(1, None), 0), pl.lit(" bytes"),
+        ]),
+        pl.concat_str([
+            pl.lit("server→client "), _fixed(pd / mins, 1), pl.lit(" packets/min of ~"),
+            _fixed(bd / pd.clip(1, None), 0), pl.lit(" bytes"),
+        ]),
+        pl.concat_str([pl.lit("byte ratio up/down "), _fixed(bu / bd.clip(1, None), 2)]),
+        pl.when(pl.col("NU") >= 2).then(pl.concat_str([
+            pl.lit("client packets per record vary with dispersion "), _fixed(disp, 2),
+            pl.lit(" over "), pl.col("NU").cast(pl.Utf8), pl.lit(" records ("),
+            pl.when(disp.is_between(0.3, 3.0))
+            .then(pl.lit("Poisson-like (random submissions)"))
+            .otherwise(pl.lit("not Poisson-like")),
+            pl.lit(")"),
+        ])),
+        pl.col("terms"),
+    ]  # fmt: skip
     if packets:
-        if packets.get("pushes_down"):
-            out.append(
-                f"server pushes every ~{r['age_s'] / packets['pushes_down']:.0f} s "
-                f"({packets['pushes_down']} unsolicited server messages)"
-            )
-        if packets.get("pay_pkts_up"):
-            small = packets.get("small_up", 0)
-            out.append(
-                f"{small / mins:.1f} small client→server payloads/min "
-                f"(≤600 bytes; {small} of {packets['pay_pkts_up']})"
-            )
-        if packets.get("gap_n_up", 0) >= 3:
-            n = packets["gap_n_up"]
-            mean = packets["gap_sum_up"] / n
-            var = max(packets["gap_sq_up"] / n - mean * mean, 0.0)
-            out.append(
-                f"client payloads every {mean:.1f} s on average (CV {math.sqrt(var) / mean:.2f})"
-                if mean > 0
-                else "client payloads back to back"
-            )
+        n, mean = pl.col("gap_n_up"), pl.col("gap_sum_up") / pl.col("gap_n_up")
+        cv = (pl.col("gap_sq_up") / n - mean * mean).clip(0.0, None).sqrt() / mean
+        out += [
+            pl.when(pl.col("pushes_down") > 0).then(pl.concat_str([
+                pl.lit("server pushes every ~"),
+                _fixed(pl.col("age_s") / pl.col("pushes_down"), 0), pl.lit(" s ("),
+                pl.col("pushes_down").cast(pl.Utf8), pl.lit(" unsolicited server messages)"),
+            ])),
+            pl.when(pl.col("pay_pkts_up") > 0).then(pl.concat_str([
+                _fixed(pl.col("small_up").fill_null(0) / mins, 1),
+                pl.lit(" small client→server payloads/min (≤600 bytes; "),
+                pl.col("small_up").fill_null(0).cast(pl.Utf8), pl.lit(" of "),
+                pl.col("pay_pkts_up").cast(pl.Utf8), pl.lit(")"),
+            ])),
+            pl.when(n >= 3).then(
+                pl.when(mean > 0)
+                .then(pl.concat_str([
+                    pl.lit("client payloads every "), _fixed(mean, 1),
+                    pl.lit(" s on average (CV "), _fixed(cv, 2), pl.lit(")"),
+                ]))
+                .otherwise(pl.lit("client payloads back to back"))
+            ),
+        ]  # fmt: skip
     return out
 
 
@@ -499,68 +849,103 @@ def _records(
     packet_totals: pl.DataFrame | None,
     threshold: float,
 ) -> list[dict[str, Any]]:
-    """Detection dicts (JSON Lines contract) for summarised connections."""
+    """Detection dicts (JSON Lines contract) for summarised connections, built column-wise;
+    only the pool-list look-up runs per distinct server (name or address)."""
     if summary.height == 0:
         return []
-    pk: dict[tuple[Any, ...], dict[str, Any]] = {}
-    if packet_totals is not None and packet_totals.height:
-        sub = packet_totals.join(summary.select(CONN_KEY), on=list(CONN_KEY), how="semi")
-        for row in sub.iter_rows(named=True):  # one per detected connection
-            pk[tuple(row[k] for k in CONN_KEY)] = row
-    out: list[dict[str, Any]] = []
-    for r in summary.sort("first_t").iter_rows(named=True):  # one per detected connection
-        key = tuple(r[k] for k in CONN_KEY)
-        reasons = _reasons(r, pk.get(key))
-        conf = float(r["confidence"])
-        reasons.insert(
-            0,
-            f"behaviour model {conf:.3f} ≥ {threshold:.3f} after "
-            f"{(r['detected_at'] - r['first_t']) / 60:.1f} min of observation",
-        )
-        pool_host, src = r.get("sni"), "TLS SNI in the flow records"
-        if not pool_host and names:
-            pool_host, src = names.get(r["dst_ip"]), "DNS answer"
-        if pool_host:
-            reasons.append(f"pool host {pool_host} (from {src})")
-        hit = None
-        if intel is not None:
-            hit = intel.match_domain(pool_host) or intel.match_ip(r["dst_ip"])
-        coin = None
-        if hit is not None:
-            reasons.append(f"{hit.kind} {hit.matched} is on a pool list ({hit.source})")
-            coin = hit.coin
-            conf = max(conf, min(0.99, conf + (1 - conf) * 0.5))
-        if r["dst_port"] in MINER_PORTS:
-            reasons.append(f"server port {r['dst_port']} is a common pool port (a hint only)")
-        out.append(
-            {
-                "src_ip": r["src_ip"],
-                "src_port": r["src_port"],
-                "dst_ip": r["dst_ip"],
-                "dst_port": r["dst_port"],
-                "proto": "tcp",
-                "first_seen": _iso(r["first_t"]),
-                "last_seen": _iso(r["last_t"]),
-                "detector": "behavior",
-                "dialect": None,
-                "confidence": round(conf, 3),
-                "coin": coin,
-                "algo": None,
-                "pool_host": pool_host or r["dst_ip"],
-                "wallet": None,
-                "worker": None,
-                "agent": None,
-                "shares": None,
-                "hashrate_hs": None,
-                "power_w_range": None,
-                "detected_at": _iso(r["detected_at"]),
-                "packets": int(r["PU"] + r["PD"]),
-                "bytes_up": int(r["BU"]),
-                "bytes_down": int(r["BD"]),
-                "reasons": reasons,
-            }
-        )
-    return out
+    s = summary.sort("first_t")
+    if "terms" not in s.columns:
+        s = s.with_columns(terms=pl.lit(None, dtype=pl.Utf8))
+    packets = packet_totals is not None and packet_totals.height > 0
+    if packet_totals is not None and packets:
+        s = s.join(packet_totals, on=list(CONN_KEY), how="left")
+    sni = pl.when(pl.col("sni") != "").then(pl.col("sni"))
+    by_dns = pl.lit(None, dtype=pl.Utf8)
+    if names:
+        by_dns = pl.col("dst_ip").replace_strict(names, default=None, return_dtype=pl.Utf8)
+    s = s.with_columns(
+        pool_host=pl.coalesce(sni, by_dns),
+        host_src=pl.when(sni.is_not_null())
+        .then(pl.lit("TLS SNI in the flow records"))
+        .otherwise(pl.lit("DNS answer")),
+    )
+    hits = {"hit": pl.lit(None, dtype=pl.Utf8), "coin": pl.lit(None, dtype=pl.Utf8)}
+    if intel is not None:
+        found: dict[str, list[Any]] = {"pool_host": [], "dst_ip": [], "hit": [], "coin": []}
+        for host, ip in s.select("pool_host", "dst_ip").unique().iter_rows():  # per server
+            h = intel.match_domain(host) or intel.match_ip(ip)
+            found["pool_host"].append(host)
+            found["dst_ip"].append(ip)
+            found["hit"].append(
+                f"{h.kind} {h.matched} is on a pool list ({h.source})" if h else None
+            )
+            found["coin"].append(h.coin if h else None)
+        table = pl.DataFrame(found, schema={"pool_host": pl.Utf8, "dst_ip": pl.Utf8,
+                                            "hit": pl.Utf8, "coin": pl.Utf8})  # fmt: skip
+        s = s.join(table, on=["pool_host", "dst_ip"], how="left", nulls_equal=True)
+        hits = {"hit": pl.col("hit"), "coin": pl.col("coin")}
+    s = s.with_columns(**hits)
+    conf = pl.col("confidence")
+    boosted = pl.max_horizontal(conf, pl.min_horizontal(pl.lit(0.99), conf + (1 - conf) * 0.5))
+    reasons = pl.concat_list(
+        [
+            *_reason_exprs(threshold, packets),
+            pl.when(pl.col("pool_host").is_not_null()).then(
+                pl.concat_str(
+                    [
+                        pl.lit("pool host "),
+                        pl.col("pool_host"),
+                        pl.lit(" (from "),
+                        pl.col("host_src"),
+                        pl.lit(")"),
+                    ]
+                )
+            ),
+            pl.col("hit"),
+            pl.when(pl.col("dst_port").is_in(sorted(MINER_PORTS))).then(
+                pl.concat_str(
+                    [
+                        pl.lit("server port "),
+                        pl.col("dst_port").cast(pl.Utf8),
+                        pl.lit(" is a common pool port (a hint only)"),
+                    ]
+                )
+            ),
+        ]
+    ).list.drop_nulls()
+    iso = "%Y-%m-%dT%H:%M:%S%.3fZ"
+
+    def stamp(c: str) -> pl.Expr:
+        return pl.from_epoch((pl.col(c) * 1e6).floor().cast(pl.Int64), "us").dt.to_string(iso)
+
+    none = pl.lit(None)
+    out = s.select(
+        "src_ip",
+        "src_port",
+        "dst_ip",
+        "dst_port",
+        proto=pl.lit("tcp"),
+        first_seen=stamp("first_t"),
+        last_seen=stamp("last_t"),
+        detector=pl.lit("behavior"),
+        dialect=none,
+        confidence=pl.when(pl.col("hit").is_not_null()).then(boosted).otherwise(conf).round(3),
+        coin=pl.col("coin"),
+        algo=none,
+        pool_host=pl.coalesce("pool_host", "dst_ip"),
+        wallet=none,
+        worker=none,
+        agent=none,
+        shares=none,
+        hashrate_hs=none,
+        power_w_range=none,
+        detected_at=stamp("detected_at"),
+        packets=(pl.col("PU") + pl.col("PD")).cast(pl.Int64),
+        bytes_up=pl.col("BU").cast(pl.Int64),
+        bytes_down=pl.col("BD").cast(pl.Int64),
+        reasons=reasons,
+    )
+    return out.to_dicts()
 
 
 def dns_names(dns: pa.Table | pl.DataFrame | None) -> dict[str, str]:
@@ -580,21 +965,15 @@ def dns_names(dns: pa.Table | pl.DataFrame | None) -> dict[str, str]:
     return dict(zip(pairs["answers"].to_list(), pairs["query"].to_list(), strict=True))
 
 
-def packet_totals(flows: pa.Table | pl.DataFrame) -> pl.DataFrame | None:
-    """Per-connection sums of the aggregator's optional packet columns (None when absent)."""
-    df = _to_frame(flows)
-    if "pushes_down" not in df.columns:
-        return None
-    cols = [
-        "pay_pkts_up",
-        "pay_pkts_down",
-        "small_up",
-        "pushes_down",
-        "gap_n_up",
-        "gap_sum_up",
-        "gap_sq_up",
-    ]
-    return df.filter(pl.col("proto") == 6).group_by(list(CONN_KEY)).agg(pl.col(cols).sum())
+_PACKET_COLS = (
+    "pay_pkts_up",
+    "pay_pkts_down",
+    "small_up",
+    "pushes_down",
+    "gap_n_up",
+    "gap_sum_up",
+    "gap_sq_up",
+)
 
 
 def detect(
@@ -608,21 +987,25 @@ def detect(
 ) -> list[dict[str, Any]]:
     """Detections (JSON Lines contract, ``detector: "behavior"``) for a FLOWS table.
 
-    ``exclude`` holds connection keys (:data:`CONN_KEY` columns) not to report (e.g. those the
-    Stratum reader already reported).
+    A connection is reported when its calibrated confidence reached the threshold at the end
+    of any of its records. ``exclude`` holds connection keys (:data:`CONN_KEY` columns) not to
+    report (e.g. those the Stratum reader already reported).
     """
     m = model if model is not None else default_model()
     thr = m.threshold if threshold is None else threshold
-    feats = connection_features(flows)
-    if exclude is not None and exclude.height and feats.height:
-        feats = feats.join(exclude.select(CONN_KEY), on=list(CONN_KEY), how="anti")
-    scored = score(feats, m)
-    summary = summarize(scored, thr)
+    df = _to_frame(flows)
+    if df.height == 0:
+        return []
+    summary, packets = _hot_summary(df, _hot(df), m, thr)
+    if summary.height == 0:
+        return []
+    if exclude is not None and exclude.height:
+        summary = summary.join(exclude.select(CONN_KEY), on=list(CONN_KEY), how="anti")
     return _records(
         summary,
         intel=intel,
         names=dns_names(dns),
-        packet_totals=packet_totals(flows),
+        packet_totals=packets,
         threshold=thr,
     )
 
@@ -717,8 +1100,8 @@ class SlidingDetector:
                 **{c: pl.col(c) + pl.col(f"{c}_p").fill_null(0) for c in _SUM_STATE},
             )
             .with_columns(age_s=pl.col("last_t") - pl.col("first_t"))
-            .with_columns(feature_exprs())
         )
+        run = with_features(run)
         new_state = (
             run.group_by(key).agg(pl.all().sort_by("last_t").last()).select(self.state.columns)
         )
@@ -737,7 +1120,7 @@ class SlidingDetector:
         scored = score(run, self.model)
         self._remember(scored)
         self._expire()
-        summary = summarize(scored, self.threshold)
+        summary = summarize(scored, self.threshold, self.model)
         if summary.height == 0:
             return []
         fresh = summary
@@ -756,7 +1139,7 @@ class SlidingDetector:
     def _remember(self, scored: pl.DataFrame) -> None:
         key = list(CONN_KEY)
         hits = (
-            scored.filter(pl.col("confidence") >= self.threshold)
+            scored.filter((pl.col("confidence") >= self.threshold) & eligible())
             .group_by(key)
             .agg(at=pl.col("last_t").min(), conf=pl.col("confidence").max())
         )
@@ -775,11 +1158,13 @@ class SlidingDetector:
             schema={**rows.select(key).schema, "detected_at": pl.Float64, "confidence": pl.Float64},
             orient="row",
         )
-        summary = (
-            rows.join(det, on=key, how="inner")
-            .with_columns(age_s=pl.col("last_t") - pl.col("first_t"))
-            .with_columns(feature_exprs())
+        summary = with_features(
+            rows.join(det, on=key, how="inner").with_columns(
+                age_s=pl.col("last_t") - pl.col("first_t")
+            )
         )
+        x = summary.select(self.model.features).to_numpy().astype(np.float64)
+        summary = summary.with_columns(terms=pl.Series(self.model.term_reasons(x), dtype=pl.Utf8))
         return _records(
             summary,
             intel=self.intel,

@@ -1,0 +1,136 @@
+"""The fast detect path of minewatch.net.behavior against its plain reference.
+
+:func:`detect` orients, keys, gates, sorts and totals whole NumPy columns; the reference is
+the Polars path the live detector and training use (:func:`connection_features`,
+:func:`score`, :func:`summarize`). Both must report the same connections, at the same record,
+with the same confidence, whatever the order of the input rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+
+from minewatch.lab.behavior_data import flows_from_pcap
+from minewatch.net.behavior import (
+    CONN_KEY,
+    connection_features,
+    default_model,
+    detect,
+    feature_matrix,
+    score,
+    summarize,
+)
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "pcap"
+
+
+def _flows() -> pl.DataFrame:
+    """Real flow records: every shared mining capture and a few benign ones, by the packet
+    path (many short connections, a few long ones)."""
+    paths = (
+        sorted((SHARED / "mining").glob("*.pcap*"))
+        + sorted((SHARED / "benign").glob("*.pcap*"))[:25]
+    )
+    frames = [pl.from_arrow(flows_from_pcap(p)) for p in paths]
+    return pl.concat([f for f in frames if isinstance(f, pl.DataFrame)], how="vertical_relaxed")
+
+
+@pytest.fixture(scope="module")
+def flows() -> pl.DataFrame:
+    return _flows()
+
+
+def _reference(flows: pl.DataFrame, threshold: float) -> dict[tuple[Any, ...], tuple[float, float]]:
+    m = default_model()
+    s = summarize(score(connection_features(flows), m), threshold, m)
+    return {
+        tuple(r[k] for k in CONN_KEY[:4]): (r["detected_at"], r["confidence"])
+        for r in s.iter_rows(named=True)
+    }
+
+
+def _fast(flows: pl.DataFrame, threshold: float) -> dict[tuple[Any, ...], tuple[float, float]]:
+    out = {}
+    for d in detect(flows, threshold=threshold):
+        at = pl.Series([d["detected_at"]]).str.to_datetime().dt.epoch("ms")[0] / 1e3
+        out[(d["src_ip"], d["src_port"], d["dst_ip"], d["dst_port"])] = (at, d["confidence"])
+    return out
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, None])
+def test_fast_path_equals_the_reference(flows: pl.DataFrame, threshold: float | None) -> None:
+    thr = default_model().threshold if threshold is None else threshold
+    ref = _reference(flows, thr)
+    fast = _fast(flows, thr)
+    assert fast.keys() == ref.keys()
+    if threshold == 0.0:
+        assert len(ref) >= 3  # every eligible connection is "detected" at 0
+    for k, (at, conf) in ref.items():
+        assert fast[k][0] == pytest.approx(at, abs=1e-3)
+        assert fast[k][1] == pytest.approx(round(conf, 3), abs=1e-9)
+
+
+def test_row_order_and_one_way_exports_do_not_change_verdicts(flows: pl.DataFrame) -> None:
+    """Shuffled rows, and every two-way record split into the two one-way records an
+    exporter like softflowd sends (ending at the same instant), give the same detections."""
+    base = {
+        (d["src_ip"], d["src_port"], d["dst_ip"], d["dst_port"])
+        for d in detect(flows, threshold=0.0)
+    }
+    shuffled = flows.sample(fraction=1.0, shuffle=True, seed=3)
+    assert {
+        (d["src_ip"], d["src_port"], d["dst_ip"], d["dst_port"])
+        for d in detect(shuffled, threshold=0.0)
+    } == base
+    tcp = flows.filter(pl.col("proto") == 6)
+    up = tcp.with_columns(packets_down=pl.lit(0, pl.Int64), bytes_down=pl.lit(0, pl.Int64))
+    down = tcp.select(
+        pl.col("ts_start"), pl.col("ts_end"),
+        src_ip=pl.col("dst_ip"), src_port=pl.col("dst_port"),
+        dst_ip=pl.col("src_ip"), dst_port=pl.col("src_port"),
+        proto=pl.col("proto"), packets_up=pl.col("packets_down"), packets_down=pl.lit(0, pl.Int64),
+        bytes_up=pl.col("bytes_down"), bytes_down=pl.lit(0, pl.Int64),
+        tcp_flags=pl.col("tcp_flags"), sni=pl.col("sni"), exporter=pl.col("exporter"),
+        sampling=pl.col("sampling"),
+    ).filter(pl.col("packets_up") > 0)  # fmt: skip
+    one_way = pl.concat([down, up.select(down.columns)]).sample(fraction=1.0, shuffle=True, seed=4)
+    # Port orientation only holds where the client has the higher port (as in these captures).
+    two_way_keys = {k for k in base if k[1] > k[3]}
+    got = {
+        (d["src_ip"], d["src_port"], d["dst_ip"], d["dst_port"])
+        for d in detect(one_way, threshold=0.0)
+    }
+    assert two_way_keys <= got
+
+
+def test_gate_keeps_every_connection_that_can_qualify(flows: pl.DataFrame) -> None:
+    """The bucket gate before the sort drops only connections with < 8 packets one way."""
+    from minewatch.net.behavior import _hot
+
+    h = _hot(flows)
+    kept = set(h.rows.tolist())
+    feats = connection_features(flows)
+    big = feats.group_by(CONN_KEY).agg(pl.col("PU").max(), pl.col("PD").max())
+    big = big.filter((pl.col("PU") >= 8) & (pl.col("PD") >= 8))
+    assert big.height > 0
+    rows = flows.with_row_index("row").filter(pl.col("proto") == 6)
+    # every record of a qualifying connection (either orientation) is kept
+    k1 = rows.join(big.select(CONN_KEY), on=list(CONN_KEY), how="semi")
+    swapped = big.select(
+        src_ip=pl.col("dst_ip"), src_port=pl.col("dst_port"),
+        dst_ip=pl.col("src_ip"), dst_port=pl.col("src_port"), proto=pl.col("proto"),
+    )  # fmt: skip
+    k2 = rows.join(swapped, on=list(CONN_KEY), how="semi")
+    assert set(k1["row"].to_list()) | set(k2["row"].to_list()) <= kept
+    assert len(kept) < rows.height  # and it did drop short connections
+
+
+def test_feature_matrix_is_finite_on_real_totals(flows: pl.DataFrame) -> None:
+    feats = connection_features(flows)
+    x = feature_matrix(feats)
+    assert np.isfinite(x).all() and x.shape[0] == feats.height
