@@ -807,8 +807,9 @@ def _read_long(
     return MeterData(readings=_to_arrow(out), report=report)
 
 
-#: A Parquet file of long readings with more rows than this is read in parts of whole accounts.
-PART_ROWS = 10_000_000
+#: A Parquet file of long readings with more rows than this is read in parts of whole accounts
+#: (the checks peak at roughly 700 bytes per row: measured 7.2 GB for parts of 10 M rows).
+PART_ROWS = 4_000_000
 
 
 def merge_reports(reports: Sequence[LoadReport]) -> LoadReport:
