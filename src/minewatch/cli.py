@@ -774,4 +774,34 @@ def _report_stats(
 
 
 def main() -> None:
-    app()
+    """Run the CLI, then end the process without tearing down native thread pools.
+
+    Arrow's Parquet/IO thread pools can abort a finished run at interpreter teardown
+    (``terminate called without an active exception``, exit -6; apache/arrow#34314), seen
+    here under load. So once the command has returned, Python's exit handlers run and the
+    streams are flushed explicitly, and the process ends with ``os._exit`` and the command's
+    exit code. An unexpected exception still ends the normal way, with its traceback.
+    """
+    import atexit
+    import contextlib
+    import os
+    import sys
+
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, int):
+            code = exc.code
+        elif exc.code is None:
+            code = 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(code)
