@@ -308,8 +308,9 @@ def summary_rows(res: pl.DataFrame) -> list[dict[str, Any]]:
             ("all mining", m, b.head(0)),
             ("TLS mining, pool-paced difficulty", m.filter(tls & pl.col("paced")), b.head(0)),
             ("TLS mining, fixed difficulty", m.filter(tls & ~pl.col("paced")), b.head(0)),
-            ("TLS mining, ≥ 1 accepted share/min", m.filter(tls & (rate >= 1)), b.head(0)),
             ("TLS mining, < 1 accepted share/min", m.filter(tls & (rate < 1)), b.head(0)),
+            ("TLS mining, 1-10 shares/min", m.filter(tls & rate.is_between(1, 10)), b.head(0)),
+            ("TLS mining, > 10 shares/min", m.filter(tls & (rate > 10)), b.head(0)),
             ("TLS mining, job every 7 s", m.filter(tls & (pl.col("job_interval") < 10)), b.head(0)),
             (
                 "TLS mining, job every ≥ 25 s",
