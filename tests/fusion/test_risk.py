@@ -263,6 +263,21 @@ def test_sessions_to_one_far_end_on_several_days_count_a_little_more() -> None:
     assert not any("distinct days" in r for r in s["a4"]["reasons"])
 
 
+def test_a_dns_server_is_not_a_recurring_far_end() -> None:
+    sc = scene()
+    rows = [
+        det("10.0.0.1", 40000 + day, 0.8, detector="intel", hours=24 * day, dst_ip="192.0.2.53")
+        for day in (3, 5, 9)
+    ]
+    for r in rows:  # DNS answers naming a pool: the far end is the resolver
+        r["measures"] = r["measures"].replace('"dst_port": 3333', '"dst_port": 53')
+        assert '"dst_port": 53' in r["measures"]
+    s = by_premises(
+        fuse(evidence(rows), _month_leases(sc), sc["subscribers"], sc["accounts"]).suspects
+    )
+    assert not any("distinct days" in r for r in s["a1"]["reasons"])
+
+
 def test_meter_change_at_the_time_mining_was_first_seen_corroborates() -> None:
     sc = scene()
     rows = [

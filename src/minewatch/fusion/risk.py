@@ -223,14 +223,20 @@ def _json_field(col: str, path: str, dtype: pl.DataType) -> pl.Expr:
     return pl.col(col).str.json_path_match(path).cast(dtype, strict=False)
 
 
-def _identity(net: pl.DataFrame) -> pl.DataFrame:
-    """What ties network sightings of one rig together: its Stratum wallet, else the pool
-    endpoint it talks to (not a DNS server: a resolver is everybody's endpoint)."""
-    endpoint = pl.when(
+def _endpoint() -> pl.Expr:
+    """The far end ``dst_ip:dst_port`` of a session, null for a DNS server (a resolver is
+    everybody's far end, so it ties nothing together)."""
+    return pl.when(
         pl.col("dst_ip").is_not_null()
         & pl.col("dst_port").is_not_null()
         & (pl.col("dst_port") != 53)
     ).then(pl.format("{}:{}", pl.col("dst_ip"), pl.col("dst_port")))
+
+
+def _identity(net: pl.DataFrame) -> pl.DataFrame:
+    """What ties network sightings of one rig together: its Stratum wallet, else the pool
+    endpoint it talks to."""
+    endpoint = _endpoint()
     return net.select(
         pl.col("ev_row").cast(pl.Int64).alias("sighting_id"),
         pl.col("window_start").alias("ts"),
@@ -602,8 +608,8 @@ def _aggregate(pe: pl.DataFrame, prior: float) -> pl.DataFrame:
         wallets=pl.col("wallet").drop_nulls().unique().sort().head(5),
     )
     rec = (
-        own.filter(pl.col("dst_ip").is_not_null() & pl.col("window_start").is_not_null())
-        .with_columns(endpoint=pl.format("{}:{}", pl.col("dst_ip"), pl.col("dst_port")))
+        own.with_columns(endpoint=_endpoint())
+        .filter(pl.col("endpoint").is_not_null() & pl.col("window_start").is_not_null())
         .group_by("premises_id", "endpoint")
         .agg(days=pl.col("window_start").dt.date().n_unique())
         .sort("days", "endpoint", descending=[True, False])
