@@ -420,14 +420,7 @@ def _change_point(series: np.ndarray) -> _Change:
 def _masked_mean(mat: np.ndarray, mask: np.ndarray) -> np.ndarray:
     m = mask & ~np.isnan(mat)
     s = np.where(m, mat, 0.0).sum(axis=1)
-    c = m.sum(axis=1)
-    return np.where(c > 0, s / np.maximum(c, 1), np.nan)
-
-
-def _masked_max(mat: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    m = mask & ~np.isnan(mat)
-    out = np.where(m, mat, -np.inf).max(axis=1) if mat.shape[1] else np.full(len(mat), -np.inf)
-    return np.where(np.isfinite(out), out, np.nan)
+    return _div(s, m.sum(axis=1))
 
 
 def _div(total: np.ndarray, count: np.ndarray) -> np.ndarray:
