@@ -477,11 +477,9 @@ def _hour_matrix(
     hours = np.flatnonzero(complete.any(axis=0))
     ids = acc.ids.filter(pl.Series(used)).filter(pl.Series(keep))
     if not len(hours):
-        return ids, np.empty((0, 0)), _local_grid(_utc(h0 * hour_us), _utc(h0 * hour_us), 3600, tz)
+        return ids, np.empty((0, 0)), _hour_grid(h0, h0, tz)[0]
     lo, hi = int(hours[0]), int(hours[-1])
-    grid = _local_grid(_utc((h0 + lo) * hour_us), _utc((h0 + hi) * hour_us), 3600, tz)
-    start_us = int(grid.start_utc.astype("datetime64[us]").astype(np.int64))
-    j0 = ((h0 + lo) * hour_us - start_us) // 1_000_000 // 3600
+    grid, j0 = _hour_grid(h0 + lo, h0 + hi, tz)
     mat = np.full((len(ids), len(grid.day)), np.nan, dtype=np.float64)
     block = slice(lo, hi + 1)
     mat[:, j0 : j0 + hi - lo + 1] = np.where(complete[keep, block], sums[keep, block], np.nan)
@@ -500,9 +498,7 @@ def _hour_matrix_hourly(
     slot = acc.ts_us // hour_us
     slot -= 1  # (ts - 1 h) // 1 h: the hour in which the interval starts
     h0, h1 = int(slot.min()), int(slot.max())
-    grid = _local_grid(_utc(h0 * hour_us), _utc(h1 * hour_us), 3600, tz)
-    start_us = int(grid.start_utc.astype("datetime64[us]").astype(np.int64))
-    j0 = (h0 * hour_us - start_us) // 1_000_000 // 3600
+    grid, j0 = _hour_grid(h0, h1, tz)
     cols = len(grid.day)
     cell = acc.code * cols
     cell += slot
@@ -517,6 +513,15 @@ def _hour_matrix_hourly(
 
 def _utc(us: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+
+
+def _hour_grid(first: int, last: int, tz: str) -> tuple[_Grid, int]:
+    """The local hour grid over UTC hours ``first`` .. ``last`` (hours since the epoch), and
+    the grid column of hour ``first``."""
+    hour_us = 3_600_000_000
+    grid = _local_grid(_utc(first * hour_us), _utc(last * hour_us), 3600, tz)
+    start_us = int(grid.start_utc.astype("datetime64[us]").astype(np.int64))
+    return grid, (first * hour_us - start_us) // 1_000_000 // 3600
 
 
 def _hourly_part(acc: _Accounts, rows: np.ndarray, kwh: np.ndarray, tz: str) -> pl.DataFrame:
