@@ -480,6 +480,53 @@ def http_polling(peers: Peers, work: Path, port: int, rng: random.Random) -> Non
     peers.loop(main)
 
 
+async def electrum_reply(
+    writer: asyncio.StreamWriter, req: dict[str, Any], height: int, rng: random.Random
+) -> str | None:
+    """Answer one Electrum JSON-RPC request (``None`` for a method it does not know); the
+    method, so a caller can track subscriptions."""
+    method = req.get("method")
+    result: Any = None
+    if method == "server.version":
+        result = ["ElectrumX 1.16.0", "1.4"]
+    elif method == "blockchain.headers.subscribe":
+        result = {"height": height, "hex": os.urandom(80).hex()}
+    elif method == "blockchain.scripthash.get_balance":
+        result = {"confirmed": rng.randint(0, 10**8), "unconfirmed": 0}
+    elif method == "blockchain.scripthash.get_history":
+        result = [
+            {"height": height - k, "tx_hash": os.urandom(32).hex()}
+            for k in range(rng.randint(0, 6))
+        ]
+    elif method == "blockchain.estimatefee":
+        result = round(rng.uniform(1e-5, 1e-4), 8)
+    out = {"jsonrpc": "2.0", "id": req.get("id"), "result": result}
+    writer.write((json.dumps(out) + "\n").encode())
+    await writer.drain()
+    return method
+
+
+class ElectrumCaller:
+    """Send numbered newline JSON-RPC requests (the wallet side); replies are not awaited."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.rid = 0
+
+    async def __call__(self, method: str, params: list[Any]) -> None:
+        self.rid += 1
+        msg = {"jsonrpc": "2.0", "id": self.rid, "method": method, "params": params}
+        self.writer.write((json.dumps(msg) + "\n").encode())
+        await self.writer.drain()
+
+
+async def drain_lines(reader: asyncio.StreamReader) -> None:
+    """Read and drop lines until the stream ends or fails."""
+    with contextlib.suppress(Exception):
+        while await reader.readline():
+            pass
+
+
 def electrum(peers: Peers, work: Path, port: int, rng: random.Random, tls: bool) -> None:
     """An Electrum-style server and wallet: newline JSON-RPC with header notifications."""
     files = make_self_signed_cert(work / "tls", "localhost") if tls else None
@@ -510,21 +557,9 @@ def electrum(peers: Peers, work: Path, port: int, rng: random.Random, tls: bool)
             task = asyncio.create_task(notify())
             with contextlib.suppress(Exception):
                 while line := await reader.readline():
-                    req = json.loads(line)
-                    method = req.get("method")
-                    result: Any = None
-                    if method == "server.version":
-                        result = ["ElectrumX 1.16.0", "1.4"]
-                    elif method == "blockchain.headers.subscribe":
-                        result = {"height": height, "hex": os.urandom(80).hex()}
+                    method = await electrum_reply(writer, json.loads(line), height, rng)
+                    if method == "blockchain.headers.subscribe":
                         subscribed.set()
-                    elif method == "blockchain.scripthash.get_balance":
-                        result = {"confirmed": rng.randint(0, 10**8), "unconfirmed": 0}
-                    elif method == "blockchain.estimatefee":
-                        result = round(rng.uniform(1e-5, 1e-4), 8)
-                    out = {"jsonrpc": "2.0", "id": req.get("id"), "result": result}
-                    writer.write((json.dumps(out) + "\n").encode())
-                    await writer.drain()
             task.cancel()
             writer.close()
 
@@ -539,21 +574,8 @@ def electrum(peers: Peers, work: Path, port: int, rng: random.Random, tls: bool)
         reader, writer = await asyncio.open_connection(
             LOOPBACK, port, ssl=cctx, server_hostname="localhost" if cctx else None
         )
-        rid = 0
-
-        async def call(method: str, params: list[Any]) -> None:
-            nonlocal rid
-            rid += 1
-            msg = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}
-            writer.write((json.dumps(msg) + "\n").encode())
-            await writer.drain()
-
-        async def drain_replies() -> None:
-            with contextlib.suppress(Exception):
-                while await reader.readline():
-                    pass
-
-        task = asyncio.create_task(drain_replies())
+        call = ElectrumCaller(writer)
+        task = asyncio.create_task(drain_lines(reader))
         await call("server.version", ["Electrum 4.5.5", "1.4"])
         await call("blockchain.headers.subscribe", [])
         for _ in range(rng.randint(3, 12)):

@@ -67,7 +67,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from minewatch.lab.behavior_data import Peers, _asgi_app, sshd, wait_port
+from minewatch.lab.behavior_data import (
+    ElectrumCaller,
+    Peers,
+    _asgi_app,
+    drain_lines,
+    electrum_reply,
+    sshd,
+    wait_port,
+)
 from minewatch.lab.capture import Capture
 from minewatch.lab.pool import PoolConfig, PoolThread, make_self_signed_cert, require_loopback
 
@@ -406,26 +414,9 @@ class _ElectrumServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
             while line := await reader.readline():
-                req = json.loads(line)
-                method = req.get("method")
-                result: Any = None
-                if method == "server.version":
-                    result = ["ElectrumX 1.16.0", "1.4"]
-                elif method == "blockchain.headers.subscribe":
-                    result = {"height": self.height, "hex": os.urandom(80).hex()}
+                method = await electrum_reply(writer, json.loads(line), self.height, self.rng)
+                if method == "blockchain.headers.subscribe":
                     self.subscribers.add(writer)
-                elif method == "blockchain.scripthash.get_balance":
-                    result = {"confirmed": self.rng.randint(0, 10**8), "unconfirmed": 0}
-                elif method == "blockchain.scripthash.get_history":
-                    result = [
-                        {"height": self.height - k, "tx_hash": os.urandom(32).hex()}
-                        for k in range(self.rng.randint(0, 6))
-                    ]
-                elif method == "blockchain.estimatefee":
-                    result = round(self.rng.uniform(1e-5, 1e-4), 8)
-                out = {"jsonrpc": "2.0", "id": req.get("id"), "result": result}
-                writer.write((json.dumps(out) + "\n").encode())
-                await writer.drain()
         self.subscribers.discard(writer)
         writer.close()
 
@@ -455,21 +446,8 @@ async def _electrum_client(run: _Run, family: str, port: int, i: int, rng: rando
         server_hostname="localhost" if tls else None,
     )
     run.record(family, "wallet", writer.get_extra_info("sockname")[1], ping_s=ping, query=query)
-    rid = 0
-
-    async def call(method: str, params: list[Any]) -> None:
-        nonlocal rid
-        rid += 1
-        msg = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}
-        writer.write((json.dumps(msg) + "\n").encode())
-        await writer.drain()
-
-    async def drain() -> None:
-        with contextlib.suppress(Exception):
-            while await reader.readline():
-                pass
-
-    task = asyncio.create_task(drain())
+    call = ElectrumCaller(writer)
+    task = asyncio.create_task(drain_lines(reader))
     try:
         await call("server.version", ["Electrum 4.5.5", "1.4"])
         await call("blockchain.headers.subscribe", [])
