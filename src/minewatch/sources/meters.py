@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -994,7 +995,7 @@ def _read_spilled(
             key = pc.utf8_trim_whitespace(pc.cast(batch.column(acct_col), pa.string()))
             table = pa.Table.from_batches([batch]).append_column("_key", key)
             table = table.append_column(
-                "_row", pa.array(range(row, row + batch.num_rows), type=pa.int64())
+                "_row", pa.array(np.arange(row, row + batch.num_rows, dtype=np.int64))
             )
             row += batch.num_rows
             yield table
