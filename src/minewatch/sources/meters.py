@@ -35,7 +35,7 @@ from __future__ import annotations
 import gzip
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -816,25 +816,15 @@ PART_ROWS = 4_000_000
 def merge_reports(reports: Sequence[LoadReport]) -> LoadReport:
     """One report for a file read in parts (counts added, reasons and intervals merged)."""
     out = LoadReport(path=reports[0].path, format=reports[0].format)
-    for r in reports:
-        for name in (
-            "read",
-            "accepted",
-            "rejected",
-            "accounts",
-            "intervals",
-            "gaps",
-            "rollovers",
-            "replacements",
-            "empty_cells",
-        ):
-            setattr(out, name, getattr(out, name) + getattr(r, name))
-        for reason, n in r.rejected_by_reason.items():
-            out.rejected_by_reason[reason] = out.rejected_by_reason.get(reason, 0) + n
-        for iv, n in r.accounts_by_interval_s.items():
-            out.accounts_by_interval_s[iv] = out.accounts_by_interval_s.get(iv, 0) + n
-    out.rejected_by_reason = dict(sorted(out.rejected_by_reason.items()))
-    out.accounts_by_interval_s = dict(sorted(out.accounts_by_interval_s.items()))
+    for f in fields(LoadReport):
+        if isinstance(getattr(out, f.name), dict):
+            merged: dict[object, int] = {}
+            for r in reports:
+                for k, n in getattr(r, f.name).items():
+                    merged[k] = merged.get(k, 0) + n
+            setattr(out, f.name, dict(sorted(merged.items())))
+        elif isinstance(getattr(out, f.name), int):
+            setattr(out, f.name, sum(getattr(r, f.name) for r in reports))
     return out
 
 
