@@ -169,14 +169,12 @@ def seeds_of(frame: pl.DataFrame) -> list[int]:
 
 def per_seed(frame: pl.DataFrame) -> str:
     """Recall of one seed's population at its own 1 % FPR threshold, with 3 decimals."""
-    s = frame.get_column("minewatch").fill_null(-np.inf).to_numpy()
-    y = frame.get_column("mining").to_numpy()
-    kw = frame.get_column("added_kw").to_numpy()
-    hit = s > np.quantile(s[~y], 0.99)
-    big, small = y & (kw >= 1.0), y & (kw >= 0.3) & (kw < 0.8)
+    res = evaluate(frame, "minewatch")
+    big, small = res["kw >=1"], res["kw 0.3-0.8"]
+    assert isinstance(big, tuple) and isinstance(small, tuple)
     return (
-        f"seed {frame.get_column('seed')[0]}: >=1 kW {hit[big].mean():.3f} ({big.sum()}), "
-        f"0.3-0.8 kW {hit[small].mean():.3f} ({small.sum()})"
+        f"seed {frame.get_column('seed')[0]}: >=1 kW {big[0]:.3f} ({big[1]}), "
+        f"0.3-0.8 kW {small[0]:.3f} ({small[1]})"
     )
 
 
