@@ -33,11 +33,12 @@ All work is done column-wise in Polars; no Python loop runs per reading.
 from __future__ import annotations
 
 import gzip
+import itertools
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import polars as pl
@@ -45,6 +46,11 @@ import pyarrow as pa
 
 from minewatch.errors import InputError, Quarantine
 from minewatch.schema import ACCOUNTS, READINGS
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
+
+    from minewatch.engines.local import _Part
 
 SOURCE = "meters"
 
@@ -887,7 +893,7 @@ def iter_readings(
         offsets = _row_group_offsets(meta)
         last: str | None = None
         for part in parts:
-            batches = list(local._part_batches(part, 1_000_000, acct_col))
+            batches = list(local._part_batches(part, local.BATCH_READINGS, acct_col))
             table = pa.Table.from_batches(batches)
             first_row = offsets[part.row_groups[0]] + _skipped(part, acct_col)
             frame = pl.from_arrow(table)
@@ -915,25 +921,21 @@ def iter_readings(
     )
 
 
-def _row_group_offsets(meta: object) -> list[int]:
+def _row_group_offsets(meta: pq.FileMetaData) -> list[int]:
     """Row number in the file of the first row of each row group."""
-    sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]  # type: ignore[attr-defined]
-    out, total = [], 0
-    for n in sizes:
-        out.append(total)
-        total += n
-    return out
+    sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    return [0, *itertools.accumulate(sizes)][:-1]
 
 
-def _skipped(part: object, key: str) -> int:
+def _skipped(part: _Part, key: str) -> int:
     """Rows at the start of a part's first row group that belong to the previous part."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    skip = getattr(part, "skip", None)
+    skip = part.skip
     if skip is None:
         return 0
-    ids = pq.ParquetFile(part.path).read_row_group(part.row_groups[0], columns=[key])  # type: ignore[attr-defined]
+    ids = pq.ParquetFile(part.path).read_row_group(part.row_groups[0], columns=[key])
     return int(pc.sum(pc.equal(ids.column(0), skip)).as_py() or 0)
 
 
@@ -981,7 +983,7 @@ def _read_spilled(
 
     def numbered() -> Iterator[pa.Table]:
         row = 0
-        for batch in dataset.to_batches(batch_size=1_000_000):
+        for batch in dataset.to_batches(batch_size=local.BATCH_READINGS):
             key = pc.utf8_trim_whitespace(pc.cast(batch.column(acct_col), pa.string()))
             table = pa.Table.from_batches([batch]).append_column("_key", key)
             table = table.append_column(
