@@ -318,10 +318,26 @@ def sshd(peers: Peers, work: Path, port: int, rng: random.Random) -> None:
         ]
     )
     wait_port(port)
-    ssh = [
+    ssh = ssh_command(work, port, rng.choice([15, 30, 60]))
+    peers.spawn([*ssh, "sleep 100000"])  # idle session
+    peers.spawn([*ssh, rng.choice(SSH_BUSY)])
+
+
+#: Remote commands of a busy SSH session.
+SSH_BUSY: tuple[str, ...] = (
+    "while true; do date; sleep 1; done",
+    "top -b -d 3",
+    "vmstat 2",
+    "while true; do ls -la /usr/bin | head -20; sleep 5; done",
+)
+
+
+def ssh_command(work: Path, port: int, alive: int) -> list[str]:
+    """``ssh`` to the :func:`sshd` that made its keys in ``work`` (the remote command to add)."""
+    return [
         "ssh",
         "-i",
-        str(user_key),
+        str(work / "user_ed25519"),
         "-p",
         str(port),
         "-o",
@@ -331,19 +347,9 @@ def sshd(peers: Peers, work: Path, port: int, rng: random.Random) -> None:
         "-o",
         "BatchMode=yes",
         "-o",
-        f"ServerAliveInterval={rng.choice([15, 30, 60])}",
+        f"ServerAliveInterval={alive}",
         f"root@{LOOPBACK}",
     ]
-    peers.spawn([*ssh, "sleep 100000"])  # idle session
-    busy = rng.choice(
-        [
-            "while true; do date; sleep 1; done",
-            "top -b -d 3",
-            "vmstat 2",
-            "while true; do ls -la /usr/bin | head -20; sleep 5; done",
-        ]
-    )
-    peers.spawn([*ssh, busy])
 
 
 def postgres_pool(peers: Peers, rng: random.Random, port: int = 5432) -> None:

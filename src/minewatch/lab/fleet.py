@@ -68,11 +68,13 @@ from pathlib import Path
 from typing import Any
 
 from minewatch.lab.behavior_data import (
+    SSH_BUSY,
     ElectrumCaller,
     Peers,
     _asgi_app,
     drain_lines,
     electrum_reply,
+    ssh_command,
     sshd,
     wait_port,
 )
@@ -560,35 +562,11 @@ async def _postgres_pool(run: _Run, port: int, size: int, rng: random.Random) ->
 
 def _ssh_sessions(peers: Peers, work: Path, port: int, n: int, rng: random.Random) -> None:
     """``n`` more sessions with the user key :func:`behavior_data.sshd` made in ``work``."""
-    busy = [
-        "while true; do date; sleep 1; done",
-        "top -b -d 3",
-        "vmstat 2",
-        "while true; do ls -la /usr/bin | head -20; sleep 5; done",
-        "while true; do uptime; sleep 10; done",
-    ]
+    busy = [*SSH_BUSY, "while true; do uptime; sleep 10; done"]
     for _ in range(n):
         alive = rng.choice([10, 15, 30, 60])
         cmd = rng.choice(["sleep 100000", "sleep 100000", *busy])
-        peers.spawn(
-            [
-                "ssh",
-                "-i",
-                str(work / "user_ed25519"),
-                "-p",
-                str(port),
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                f"UserKnownHostsFile={work / 'known_hosts'}",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                f"ServerAliveInterval={alive}",
-                f"root@{LOOPBACK}",
-                cmd,
-            ]
-        )
+        peers.spawn([*ssh_command(work, port, alive), cmd])
 
 
 # --------------------------------------------------------------------------- the run
