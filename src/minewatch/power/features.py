@@ -566,18 +566,18 @@ def _hourly_part(acc: _Accounts, rows: np.ndarray, kwh: np.ndarray, tz: str) -> 
         n_before = n_valid - n_after
         sum_after = np.where(after_cols, mat0, 0.0).sum(axis=1)
         sum_before = np.where(after_cols, 0.0, mat0).sum(axis=1)
+        mat_after = np.where(after_cols, mat, np.nan)  # for the peaks and medians
+        mat_before = np.where(after_cols, np.nan, mat)
         mean_kw = _div(mat0.sum(axis=1), n_valid)
         peak_kw = np.fmax.reduce(mat, axis=1)
         base_kw = _row_median(base)
         lf = _ratio(mean_kw, peak_kw)
-        lf_before = _ratio(
-            _div(sum_before, n_before), np.fmax.reduce(np.where(after_cols, np.nan, mat), axis=1)
-        )
+        lf_before = _ratio(_div(sum_before, n_before), np.fmax.reduce(mat_before, axis=1))
         lf_after = np.where(
             has,
             _ratio(
                 _div(sum_after, n_after),
-                np.fmax.reduce(np.where(after_cols, mat, np.nan), axis=1),
+                np.fmax.reduce(mat_after, axis=1),
             ),
             np.nan,
         )
@@ -599,8 +599,8 @@ def _hourly_part(acc: _Accounts, rows: np.ndarray, kwh: np.ndarray, tz: str) -> 
         thresh = ch.before + 0.7 * ch.added
         above = ((mat >= thresh[:, None]) & after_cols).sum(axis=1)  # NaN compares False
         duty = np.where(has & (ch.added > 0), above / np.maximum(n_after, 1), np.nan)
-        med_before = _row_median(np.where(after_cols, np.nan, mat))
-        med_after = _row_median(np.where(after_cols, mat, np.nan))
+        med_before = _row_median(mat_before)
+        med_after = _row_median(mat_after)
         msr = np.where(
             has & (np.abs(ch.added) > 1e-6),
             (med_after - med_before) / np.where(ch.added == 0, 1, ch.added),
