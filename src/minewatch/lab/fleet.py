@@ -70,6 +70,7 @@ from typing import Any
 from minewatch.lab.behavior_data import (
     SSH_BUSY,
     ElectrumCaller,
+    MinerVariant,
     Peers,
     _asgi_app,
     drain_lines,
@@ -756,16 +757,10 @@ async def _fleet_main(
 
 
 @dataclass(frozen=True)
-class MinerSpec:
-    """One XMRig run of the fleet."""
+class MinerSpec(MinerVariant):
+    """One XMRig run of the fleet: a :class:`MinerVariant` (on a port of
+    :data:`MINER_PORTS`) with the algorithm it mines."""
 
-    name: str
-    port: int
-    tls: bool
-    nicehash: bool
-    keepalive: bool
-    difficulty: int
-    job_interval: float
     algo: str
 
 
