@@ -862,27 +862,32 @@ def iter_readings(
 
     path = Path(path)
     limit = PART_ROWS if part_rows is None else part_rows
-    whole = dict(kind=kind, tz=tz, label=label, max_kw=max_kw, quarantine=quarantine)
+
+    def whole() -> MeterData:
+        return read_readings(
+            path, kind=kind, tz=tz, label=label, max_kw=max_kw, quarantine=quarantine
+        )
+
     try:
         with path.open("rb") as fh:
             parquet = fh.read(4) == b"PAR1"
     except OSError:
         parquet = False
     if not parquet:
-        yield read_readings(path, **whole)  # type: ignore[arg-type]
+        yield whole()
         return
     import pyarrow.parquet as pq
 
     try:
         meta = pq.ParquetFile(path).metadata
     except Exception:
-        yield read_readings(path, **whole)  # type: ignore[arg-type]  # raises the clear error
+        yield whole()  # raises the clear error
         return
     names = meta.schema.to_arrow_schema().names
     acct_col = _pick(names, _ACCOUNT_COLS) or _pick(names, _METER_COLS)
     sgcc = _pick(names, ("cons_no",)) is not None and _pick(names, _TS_COLS) is None
     if meta.num_rows <= limit or acct_col is None or sgcc:
-        yield read_readings(path, **whole)  # type: ignore[arg-type]
+        yield whole()
         return
     try:
         parts = local.plan_parts(path, limit, key=acct_col)
