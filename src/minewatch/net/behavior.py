@@ -130,9 +130,10 @@ def _disp(n: np.ndarray, s: np.ndarray, s2: np.ndarray) -> np.ndarray:
 
 def feature_columns(t: dict[str, np.ndarray] | pl.DataFrame) -> Iterator[np.ndarray]:
     """:data:`FEATURES`, one column at a time in that order, from running totals ``age_s``
-    and :data:`TOTALS`. The one definition of the features: training, :func:`detect`, the
-    live detector and the pandas baseline of the benchmark all compute exactly this. A
-    negative counter (bad input) gives NaN, which the scorecard puts in the lowest bin."""
+    and :data:`TOTALS`. The one definition of the features: training, :func:`detect` and the
+    live detector all compute exactly this (the benchmark's pandas baseline writes the same
+    formulas again in pandas and must find the same connections). A negative counter (bad
+    input) gives NaN, which the scorecard puts in the lowest bin."""
     c = {k: np.asarray(t[k]) for k in ("age_s", *TOTALS)}
     age_min = np.maximum(c["age_s"] / 60.0, 0.5)
     log_age = np.log(np.minimum(age_min, 120.0))
