@@ -71,6 +71,23 @@ def test_parts_give_what_the_whole_file_gives(tmp_path: Path, order: str) -> Non
     assert not list(tmp_path.glob("minewatch-readings-*"))  # spill files removed
 
 
+def test_record_numbers_hold_when_accounts_span_several_row_groups(tmp_path: Path) -> None:
+    # accounts of 480 readings in row groups of 100: a part may begin with several row
+    # groups' worth of an account owned by the previous part
+    table = damaged()
+    path = tmp_path / "r.parquet"
+    pq.write_table(table, path, row_group_size=100)
+    q1, q2 = tmp_path / "q_parts.jsonl", tmp_path / "q_whole.jsonl"
+    quarantine = Quarantine(path=q1)
+    parts = list(iter_readings(path, quarantine=quarantine, part_rows=1_000))
+    quarantine.close()
+    assert len(parts) >= 10
+    quarantine = Quarantine(path=q2)
+    whole = read_readings(path, quarantine=quarantine)
+    quarantine.close()
+    _same(parts, whole, q1, q2)
+
+
 def test_small_and_csv_files_are_one_part(tmp_path: Path) -> None:
     table = damaged()
     path = tmp_path / "r.parquet"

@@ -33,12 +33,11 @@ All work is done column-wise in Polars; no Python loop runs per reading.
 from __future__ import annotations
 
 import gzip
-import itertools
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -46,11 +45,6 @@ import pyarrow as pa
 
 from minewatch.errors import InputError, Quarantine
 from minewatch.schema import ACCOUNTS, READINGS
-
-if TYPE_CHECKING:
-    import pyarrow.parquet as pq
-
-    from minewatch.engines.local import _Part
 
 SOURCE = "meters"
 
@@ -895,17 +889,19 @@ def iter_readings(
         parts = None
     decided: Kind = kind
     if parts is not None:
-        offsets = _row_group_offsets(meta)
         last: str | None = None
+        # the parts are consecutive runs of the file's rows (each starts right after the rows
+        # its predecessor read on into), so record numbers continue from part to part
+        first_row = 0
         for part in parts:
             batches = list(local._part_batches(part, local.BATCH_READINGS, acct_col))
             table = pa.Table.from_batches(batches)
-            first_row = offsets[part.row_groups[0]] + _skipped(part, acct_col)
             frame = pl.from_arrow(table)
             assert isinstance(frame, pl.DataFrame)
             frame = frame.with_columns(
                 _row=pl.int_range(first_row, first_row + frame.height, dtype=pl.Int64)
             )
+            first_row += frame.height
             data = _read_part(frame, path, decided, tz, label, max_kw, quarantine)
             decided = "register" if data.report.format == "long-register" else "interval"
             ids = data.readings.column("account_id")
@@ -924,24 +920,6 @@ def iter_readings(
     yield from _read_spilled(
         path, acct_col, limit, spill_dir, decided, tz, label, max_kw, quarantine
     )
-
-
-def _row_group_offsets(meta: pq.FileMetaData) -> list[int]:
-    """Row number in the file of the first row of each row group."""
-    sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
-    return [0, *itertools.accumulate(sizes)][:-1]
-
-
-def _skipped(part: _Part, key: str) -> int:
-    """Rows at the start of a part's first row group that belong to the previous part."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    skip = part.skip
-    if skip is None:
-        return 0
-    ids = pq.ParquetFile(part.path).read_row_group(part.row_groups[0], columns=[key])
-    return int(pc.sum(pc.equal(ids.column(0), skip)).as_py() or 0)
 
 
 def _read_part(
