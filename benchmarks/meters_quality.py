@@ -42,6 +42,8 @@ SCREENS = ("minewatch", "kwh_vs_class", "load_factor", "base_load")
 #: seeds the detector's rules were tuned on (the night-block rule and the flat-after exception
 #: of the weather rule in ``minewatch.power.detect``): never used for the report
 TUNING_SEEDS = (7101, 7102)
+#: what a rate over an empty selection (a size band or disguise without accounts) prints as
+NO_ACCOUNTS = "n/a (no accounts)"
 
 
 def hand_screens(readings: pa.Table, accounts: pa.Table) -> pl.DataFrame:
@@ -96,6 +98,12 @@ def hand_screens(readings: pa.Table, accounts: pa.Table) -> pl.DataFrame:
     ).fill_nan(None)
 
 
+def _rate(hit: np.ndarray, mask: np.ndarray) -> tuple[float | None, int]:
+    """``(share of hit accounts, count)`` among ``mask``; the share is ``None`` for none."""
+    n = int(mask.sum())
+    return (float(hit[mask].mean()) if n else None, n)
+
+
 def evaluate(frame: pl.DataFrame, screen: str) -> dict[str, object]:
     """AUC, recall at 1 % FPR overall / by size / by disguise, FP kinds, precision@100."""
     s = frame.get_column(screen).fill_null(-np.inf).to_numpy()
@@ -110,12 +118,10 @@ def evaluate(frame: pl.DataFrame, screen: str) -> dict[str, object]:
     res: dict[str, object] = {"auc": auc, "fpr": hit[~y].mean(), "recall": hit[y].mean()}
     for lo, hi in SIZE_BUCKETS:
         m = y & (kw >= lo) & (kw < hi)
-        res[f"kw {lo:g}-{hi:g}"] = (hit[m].mean(), int(m.sum()))
-    m = y & (kw >= 1.0)
-    res["kw >=1"] = (hit[m].mean(), int(m.sum()))
+        res[f"kw {lo:g}-{hi:g}"] = _rate(hit, m)
+    res["kw >=1"] = _rate(hit, y & (kw >= 1.0))
     for d in meters.DISGUISES:
-        m = y & (dis == d)
-        res[f"disguise {d}"] = (hit[m].mean(), int(m.sum()))
+        res[f"disguise {d}"] = _rate(hit, y & (dis == d))
     # top 100 of each seed's population (about 3 % prevalence), averaged over seeds
     seeds = frame.get_column("seed").to_numpy()
     precision = []
@@ -172,16 +178,13 @@ def per_seed(frame: pl.DataFrame) -> str:
     res = evaluate(frame, "minewatch")
     big, small = res["kw >=1"], res["kw 0.3-0.8"]
     assert isinstance(big, tuple) and isinstance(small, tuple)
-    return (
-        f"seed {frame.get_column('seed')[0]}: >=1 kW {big[0]:.3f} ({big[1]}), "
-        f"0.3-0.8 kW {small[0]:.3f} ({small[1]})"
-    )
+    return f"seed {frame.get_column('seed')[0]}: >=1 kW {_fmt(big, 3)}, 0.3-0.8 kW {_fmt(small, 3)}"
 
 
-def _fmt(v: object) -> str:
+def _fmt(v: object, digits: int = 2) -> str:
     if isinstance(v, tuple):
         rate, n = v
-        return f"{rate:.2f} ({n})" if n else "- (0)"
+        return f"{rate:.{digits}f} ({n})" if rate is not None else NO_ACCOUNTS
     if isinstance(v, float):
         return f"{v:.3f}"
     return str(v)
