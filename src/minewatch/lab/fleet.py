@@ -33,7 +33,7 @@ ramp and all live until the end of the run. One line per connection goes to
 it), so a detection can be traced back to the software and settings that made it.
 
 **Miner fleet** (:func:`run_miner_fleet`): rounds of concurrent, bounded real XMRig runs
-(:func:`minewatch.lab.xmrig.run_xmrig`, always ``--donate-level=0 --threads=1
+(:func:`minewatch.lab.xmrig.capture_xmrig_session`, always ``--donate-level=0 --threads=1
 --randomx-mode=light --no-huge-pages``), each against its own lab pool
 (:class:`minewatch.lab.pool.PoolThread`) on a port in 20000-20999, each captured on its own.
 Every XMRig runs under ``nice -n 19`` with its session's autogroup set to nice 19 as well
@@ -80,7 +80,7 @@ from minewatch.lab.behavior_data import (
     wait_port,
 )
 from minewatch.lab.capture import Capture
-from minewatch.lab.pool import PoolConfig, PoolThread, make_self_signed_cert, require_loopback
+from minewatch.lab.pool import make_self_signed_cert
 
 LOOPBACK = "127.0.0.1"
 #: Server ports of the benign fleet (one per family, from ``BENIGN_PORT_BASE`` up).
@@ -843,54 +843,40 @@ def idle_wrapper(directory: Path, xmrig: Path) -> Path:
 def run_one_miner(
     out_dir: Path, spec: MinerSpec, duration: float, launcher: Path
 ) -> dict[str, Any]:
-    """One bounded XMRig run against its own lab pool, captured on its port."""
-    from minewatch.lab.xmrig import fake_monero_address, run_xmrig
+    """One bounded XMRig run against its own lab pool, captured on its port
+    (:func:`minewatch.lab.xmrig.capture_xmrig_session` with the spec's settings)."""
+    from minewatch.lab.xmrig import capture_xmrig_session, fake_monero_address
 
     if spec.port not in MINER_PORTS:
         raise ValueError(f"the miner fleet uses ports {MINER_PORTS.start}-{MINER_PORTS.stop - 1}")
-    require_loopback(LOOPBACK)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = PoolConfig(
-        host=LOOPBACK,
-        port=spec.port,
-        dialect="cryptonote",
+    session = capture_xmrig_session(
+        out_dir,
+        wallet=fake_monero_address(spec.name),
+        duration=duration,
         difficulty=spec.difficulty,
         job_interval=spec.job_interval,
+        port=spec.port,
+        host=LOOPBACK,
+        rig_id=spec.name[:16],
         tls=spec.tls,
         nicehash=spec.nicehash,
+        keepalive=spec.keepalive,
         algo=spec.algo,
+        binary=launcher,
     )
-    pcap = out_dir / "xmrig.pcap"
-    with PoolThread(config) as pool, Capture(pcap, port=pool.port) as cap:
-        result = run_xmrig(
-            pool.url,
-            user=fake_monero_address(spec.name),
-            duration=duration,
-            log_dir=out_dir,
-            rig_id=spec.name[:16],
-            tls=spec.tls,
-            tls_fingerprint=pool.tls_fingerprint,
-            nicehash=spec.nicehash,
-            keepalive=spec.keepalive,
-            binary=launcher,
-            record=pool.record,
-        )
-        time.sleep(0.3)
-        submits = pool.record.submits
-        connections = len(pool.record.connections)
     return {
-        "pcap": str(pcap),
+        "pcap": str(session.pcap),
         "label": 1,
         "family": f"xmrig-{'tls' if spec.tls else 'plain'}-{'rx' if spec.algo == 'rx/0' else 'cn'}",
         "variant": spec.name,
         "server_port": spec.port,
         "settings": asdict(spec),
         "duration_s": duration,
-        "pool_connections": connections,
-        "accepted_shares": sum(1 for s in submits if s.accepted),
-        "submits": len(submits),
-        "hashrate_hs": result.hashrate_60s,
-        "packets_captured": cap.result.packets_captured if cap.result else None,
+        "pool_connections": len(session.record.connections),
+        "accepted_shares": len(session.accepted),
+        "submits": len(session.submits),
+        "hashrate_hs": session.xmrig.hashrate_60s,
+        "packets_captured": session.capture.packets_captured,
     }
 
 

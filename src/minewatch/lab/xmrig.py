@@ -354,11 +354,15 @@ def capture_xmrig_session(
     tls: bool = False,
     nicehash: bool = False,
     keepalive: bool = False,
+    algo: str = "rx/0",
     binary: Path | None = None,
 ) -> XmrigSession:
     """Start a lab pool, capture its port on ``lo`` and run XMRig against it for ``duration``.
 
-    The capture is ``out_dir/xmrig.pcap``; XMRig's log is ``out_dir/xmrig.log``.
+    The capture is ``out_dir/xmrig.pcap``; XMRig's log is ``out_dir/xmrig.log``. ``algo`` is
+    the algorithm the pool's jobs ask for (XMRig follows it). ``binary`` may be a launcher
+    that execs XMRig (such as :func:`minewatch.lab.fleet.idle_wrapper`'s nice 19 wrapper);
+    it gets the same fixed options and ``timeout`` bound as XMRig itself.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     exe = binary if binary is not None else find_xmrig()
@@ -370,6 +374,7 @@ def capture_xmrig_session(
         job_interval=job_interval,
         tls=tls,
         nicehash=nicehash,
+        algo=algo,
     )
     pcap = out_dir / "xmrig.pcap"
     with PoolThread(config) as pool:
