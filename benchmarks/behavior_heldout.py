@@ -126,9 +126,8 @@ def batch_flows(name: str, entries: list[dict[str, Any]], work: Path) -> dict[st
     The batch's captures are merged first (each has its own server ports), so softflowd
     exports every connection of the batch at the same 60 s instants, as one exporter would.
     """
-    from minewatch.lab.behavior_data import softflowd_export
+    from minewatch.lab.behavior_data import flows_from_softflowd
     from minewatch.net.flowagg import aggregate_file
-    from minewatch.sources.netflow import read_netflow
 
     cache = work / name
     cache.mkdir(parents=True, exist_ok=True)
@@ -149,9 +148,8 @@ def batch_flows(name: str, entries: list[dict[str, Any]], work: Path) -> dict[st
             if path == "pcap":
                 flows = aggregate_file(merged, window_s=WINDOW_S, packet_stats=False).flows
             else:
-                raw = softflowd_export(merged, cache / "merged.nf9", maxlife=int(WINDOW_S))
-                flows = read_netflow(raw, exporter="softflowd").flows
-                raw.unlink()
+                flows = flows_from_softflowd(merged, cache, maxlife=int(WINDOW_S))
+                (cache / f"{merged.stem}.nf9").unlink()
             df = pl.from_arrow(flows)
             assert isinstance(df, pl.DataFrame)
             df.write_parquet(f)
