@@ -6,9 +6,12 @@ not there) with every repetition moved to other client addresses, so each repeti
 connections. Then, each in its own process pinned to one core (``POLARS_MAX_THREADS=1``,
 ``taskset -c 0`` where available), times:
 
-- minewatch: read the Parquet file's FLOWS columns (Polars), :func:`minewatch.net.behavior.detect`
-  (orientation, running totals, features, the scorecard, per-connection verdicts, detection
-  records with their reasons);
+- minewatch: what ``minewatch flows detect FILE`` does:
+  :func:`minewatch.net.behavior.read_flow_inputs`
+  (checks the file's footer and columns, then a lazy Polars scan) and
+  :func:`minewatch.net.behavior.detect` (the scan, orientation, connection ids and the gate in
+  one Polars query; the sort, running totals, features, the scorecard, per-connection verdicts
+  and detection records with their reasons in NumPy/Polars over the rows that remain);
 - baseline: ``benchmarks/flows_detect_pandas.py`` (``pd.read_parquet``, ``sort_values``,
   ``groupby().cumsum()``, the same features and the same scorecard applied with NumPy).
 
@@ -89,12 +92,12 @@ def run_one(which: str, path: Path) -> dict[str, float | int]:
     model = default_model()
     rows = pq.read_metadata(path).num_rows
     if which == "minewatch":
-        import polars as pl
-
-        from minewatch.net.behavior import FLOW_COLUMNS, detect
+        import minewatch.sources.flowstore  # noqa: F401  imports are not timed, as the baseline's
+        from minewatch.net.behavior import detect, read_flow_inputs
 
         t, c = time.perf_counter(), time.process_time()
-        found = detect(pl.read_parquet(path, columns=list(FLOW_COLUMNS)), model=model)
+        inputs = read_flow_inputs([path])
+        found = detect(inputs.flows, dns=inputs.dns, model=model)
         elapsed, cpu = time.perf_counter() - t, time.process_time() - c
         keys = {(r["src_ip"], r["src_port"], r["dst_ip"], r["dst_port"]) for r in found}
     else:

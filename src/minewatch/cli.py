@@ -350,6 +350,8 @@ def _flows_detect(
     """Behaviour model over flow records; one JSON line per mining connection on stdout."""
     import json
 
+    import polars as pl
+
     from minewatch.errors import InputError, Quarantine
     from minewatch.net.behavior import detect, read_flow_inputs
     from minewatch.net.intel import PoolIntel
@@ -365,14 +367,21 @@ def _flows_detect(
     except InputError as exc:
         err_console.print(f"unusable input: {exc}")
         raise typer.Exit(2) from exc
-    found = detect(inputs.flows, dns=inputs.dns, intel=pool_intel, threshold=threshold)
+    try:
+        found = detect(inputs.flows, dns=inputs.dns, intel=pool_intel, threshold=threshold)
+    except (pl.exceptions.PolarsError, OSError) as exc:  # a Parquet input damaged past its footer
+        parquet = [s["source"] for s in inputs.sources if s["format"] == "parquet"]
+        if not parquet:
+            raise
+        err_console.print(f"unusable input: reading {', '.join(parquet)}: {exc}")
+        raise typer.Exit(2) from exc
     if fmt == "table":
         _render_detections(found, "mining connections (behaviour)", to_stdout=True)
     else:
         for rec in found:
             typer.echo(json.dumps(rec, ensure_ascii=False))
     err_console.print(
-        f"{inputs.flows.num_rows} flow records from {len(inputs.sources)} input(s), "
+        f"{inputs.rows} flow records from {len(inputs.sources)} input(s), "
         f"{q.total} rejected; {len(found)} mining connection(s)"
     )
 

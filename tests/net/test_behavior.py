@@ -24,6 +24,7 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 
 from minewatch.lab.behavior_data import (
@@ -242,3 +243,29 @@ def test_sliding_detector_matches_the_batch_function() -> None:
     for i in range(flows.num_rows):
         seen.extend(live(flows.slice(i, 1)))
     assert keys(seen) == batch
+
+
+def test_flows_detect_cli_on_parquet_files(tmp_path: Path) -> None:
+    """A Parquet file of FLOWS is scanned lazily: same detections as the function; a file
+    damaged past its footer and one without FLOWS columns are refused with their names."""
+    flows = flows_from_pcap(SHARED / "mining" / "eth-eu1.nanopool.org.pcapng")
+    good = tmp_path / "flows.parquet"
+    pl.from_arrow(flows).write_parquet(good)  # type: ignore[union-attr]
+    cli = [sys.executable, "-m", "minewatch", "flows", "detect", "--threshold", "0"]
+    r = subprocess.run([*cli, str(good)], text=True, capture_output=True)
+    assert r.returncode == 0, r.stderr
+    want = keys(detect(flows, threshold=0.0))
+    assert want and keys([json.loads(x) for x in r.stdout.splitlines()]) == want
+    assert f"{flows.num_rows} flow records from 1 input(s)" in r.stderr
+
+    damaged = bytearray(good.read_bytes())
+    for off in range(8, len(damaged) // 2, 7):  # the data pages; the footer stays readable
+        damaged[off] ^= 0x5A
+    bad = tmp_path / "damaged.parquet"
+    bad.write_bytes(bytes(damaged))
+    other = tmp_path / "other.parquet"
+    pl.DataFrame({"x": [1, 2]}).write_parquet(other)
+    for path in (bad, other):
+        r = subprocess.run([*cli, str(path)], text=True, capture_output=True)
+        assert r.returncode == 2 and "unusable input" in r.stderr and str(path) in r.stderr
+        assert r.stdout == "" and "Traceback" not in r.stderr

@@ -109,7 +109,7 @@ def test_row_order_and_one_way_exports_do_not_change_verdicts(flows: pl.DataFram
 
 
 def test_gate_keeps_every_connection_that_can_qualify(flows: pl.DataFrame) -> None:
-    """The bucket gate before the sort drops only connections with < 8 packets one way."""
+    """The gate before the sort drops only connections with < 8 packets one way."""
     from minewatch.net.behavior import _hot
 
     h = _hot(flows)
@@ -134,3 +134,19 @@ def test_feature_matrix_is_finite_on_real_totals(flows: pl.DataFrame) -> None:
     feats = connection_features(flows)
     x = feature_matrix(feats)
     assert np.isfinite(x).all() and x.shape[0] == feats.height
+
+
+def test_connection_ids_wrap_on_unsigned_overflow() -> None:
+    """Connection ids multiply 64-bit hashes by odd constants and rely on Polars wrapping
+    (not saturating, not raising) on unsigned overflow."""
+    big = pl.DataFrame({"h": [2**63 + 5, 2**64 - 1]}, schema={"h": pl.UInt64})
+    got = big.select(pl.col("h") * pl.lit(3, dtype=pl.UInt64))["h"].to_list()
+    assert got == [(2**63 + 5) * 3 % 2**64, (2**64 - 1) * 3 % 2**64]
+
+
+def test_detect_reads_a_lazy_scan_like_a_frame(flows: pl.DataFrame, tmp_path: Path) -> None:
+    path = tmp_path / "flows.parquet"
+    flows.write_parquet(path)
+    eager = detect(flows, threshold=0.0)
+    lazy = detect(pl.scan_parquet(path), threshold=0.0)
+    assert eager and lazy == eager

@@ -618,94 +618,101 @@ def summarize(
 
 # --------------------------------------------------------------------------- the detect path
 
-_MIX = (
-    np.uint64(0x9E3779B97F4A7C15),
-    np.uint64(0xC2B2AE3D27D4EB4F),
-    np.uint64(0x165667B19E3779F9),
-)
+_MIX = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9)
 
 
-def _conn_id(client: np.ndarray, server: np.ndarray, ports: np.ndarray) -> np.ndarray:
-    """A 64-bit connection id from the two address hashes and the packed ports (odd
-    multipliers: for fixed other parts, distinct values give distinct ids)."""
-    with np.errstate(over="ignore"):
-        return (client * _MIX[0]) ^ (server * _MIX[1]) ^ (ports.astype(np.uint64) * _MIX[2])
+def _conn_id(sc: pl.Expr) -> pl.Expr:
+    """A 64-bit connection id (client address hash, server address hash, packed ports) for
+    rows whose client side ``sc`` says. Unsigned multiplication by odd constants wraps in
+    Polars (``tests/net/test_behavior_paths.py`` checks it): for fixed other parts,
+    distinct values give distinct ids."""
+    hs, hd = pl.col("src_ip").hash(), pl.col("dst_ip").hash()
+    sp = pl.col("src_port").fill_null(0).cast(pl.UInt64)
+    dp = pl.col("dst_port").fill_null(0).cast(pl.UInt64)
+
+    def pick(a: pl.Expr, b: pl.Expr) -> pl.Expr:
+        return pl.when(sc).then(a).otherwise(b)
+
+    m = [pl.lit(k, dtype=pl.UInt64) for k in _MIX]
+    return (
+        (pick(hs, hd) * m[0])
+        ^ (pick(hd, hs) * m[1])
+        ^ (pick(sp * 65536 + dp, dp * 65536 + sp) * m[2])
+    )
 
 
 @dataclass
 class _Hot:
-    """The TCP rows of a FLOWS frame as oriented NumPy columns with their running totals."""
+    """The TCP rows of connections that may qualify, with their running totals.
 
-    rows: np.ndarray  # input row of each TCP row
-    sc: np.ndarray  # whether the input's src is the client
+    ``frame`` holds those rows' input columns that reports need (``row`` = input row,
+    ``_sc`` = whether the input's ``src`` is the client), in input order; ``run`` indexes
+    into it."""
+
+    frame: pl.DataFrame
     run: Running
 
+    @property
+    def rows(self) -> np.ndarray:
+        return self.frame["row"].to_numpy()
 
-def _hot(df: pl.DataFrame) -> _Hot:
-    """Orientation, connection ids and running totals over whole columns; the address
-    strings are only hashed here (they are read back for reported connections only)."""
+
+def _hot(flows: pl.DataFrame | pl.LazyFrame) -> _Hot:
+    """Orientation, connection ids, the gate and the running totals in one Polars query
+    (lazy: given a ``scan_parquet`` the file is read once, in the same pass), then the
+    sort and cumulative sums in NumPy over the rows that remain.
+
+    The gate keeps the records of connections with at least :data:`MIN_PACKETS` packets
+    each way in total (exact: per-connection sums over a hash of the connection id).
+    Short-lived connections, most of a network's records, go here, before the sort; their
+    address strings are hashed but never copied."""
+    lf = flows.lazy()
+    names = lf.collect_schema().names()
     scale = pl.col("sampling").fill_null(1).clip(1, None).cast(pl.Int64)
-    t0 = pl.coalesce("ts_start", "ts_end").dt.epoch("us")
-    t1 = pl.coalesce("ts_end", "ts_start").dt.epoch("us")
-    num = (
-        df.lazy()
-        .with_row_index("row")
+    two_way = ((pl.col("packets_down") > 0) | (pl.col("bytes_down") > 0)).fill_null(False)
+    sp, dp = pl.col("src_port").fill_null(0), pl.col("dst_port").fill_null(0)
+    # Same port both ends on a one-way record: the greater address is the client.
+    tie = (sp == dp) & (pl.col("src_ip") >= pl.col("dst_ip")).fill_null(False)
+    sc = pl.col("_sc")
+
+    def pick(a: str, b: str) -> pl.Expr:
+        return pl.when(sc).then(pl.col(a)).otherwise(pl.col(b)).fill_null(0) * scale
+
+    frame = (
+        lf.with_row_index("row")
         .filter(pl.col("proto") == 6)
+        .with_columns(_sc=two_way | (sp > dp) | tie)
         .select(
             "row",
-            two_way=((pl.col("packets_down") > 0) | (pl.col("bytes_down") > 0)).fill_null(False),
-            hs=pl.col("src_ip").hash(),
-            hd=pl.col("dst_ip").hash(),
-            sp=pl.col("src_port").fill_null(0).cast(pl.Int64),
-            dp=pl.col("dst_port").fill_null(0).cast(pl.Int64),
-            t0=t0,
-            t1=t1,
-            up=pl.col("packets_up").fill_null(0) * scale,
-            down=pl.col("packets_down").fill_null(0) * scale,
-            bup=pl.col("bytes_up").fill_null(0) * scale,
-            bdown=pl.col("bytes_down").fill_null(0) * scale,
+            "_sc",
+            "src_ip",
+            "src_port",
+            "dst_ip",
+            "dst_port",
+            "sni",
+            *(c for c in _PACKET_COLS if c in names),
+            _cid=_conn_id(sc),
+            _t0=pl.coalesce("ts_start", "ts_end").dt.epoch("us"),
+            _t1=pl.coalesce("ts_end", "ts_start").dt.epoch("us"),
+            _pu=pick("packets_up", "packets_down"),
+            _pd=pick("packets_down", "packets_up"),
+            _bu=pick("bytes_up", "bytes_down"),
+            _bd=pick("bytes_down", "bytes_up"),
+        )
+        .filter(
+            (pl.col("_pu").sum().over("_cid") >= MIN_PACKETS)
+            & (pl.col("_pd").sum().over("_cid") >= MIN_PACKETS)
         )
         .collect()
     )
-    a = {c: num[c].to_numpy() for c in num.columns}
-    sc = a["two_way"] | (a["sp"] > a["dp"])
-    tie = np.flatnonzero(~a["two_way"] & (a["sp"] == a["dp"]))
-    if len(tie):  # same port both ends: the greater address is the client
-        ips = df.select("src_ip", "dst_ip")[a["row"][tie]]
-        sc[tie] = (ips["src_ip"] >= ips["dst_ip"]).fill_null(False).to_numpy()
-    cid = _conn_id(
-        np.where(sc, a["hs"], a["hd"]),
-        np.where(sc, a["hd"], a["hs"]),
-        np.where(sc, a["sp"], a["dp"]) << 16 | np.where(sc, a["dp"], a["sp"]),
+
+    def col(c: str) -> np.ndarray:
+        return frame[c].to_numpy()
+
+    run = _running(
+        col("_cid"), col("_t0"), col("_t1"), *(col(c) for c in ("_pu", "_pd", "_bu", "_bd"))
     )
-    pu, pd = np.where(sc, a["up"], a["down"]), np.where(sc, a["down"], a["up"])
-    bu, bd = np.where(sc, a["bup"], a["bdown"]), np.where(sc, a["bdown"], a["bup"])
-    rows, t0_us, t1_us = a["row"], a["t0"], a["t1"]
-    keep = _may_qualify(cid, pu, pd)
-    if not keep.all():
-        k = np.flatnonzero(keep)
-        rows, sc, cid, t0_us, t1_us = rows[k], sc[k], cid[k], t0_us[k], t1_us[k]
-        pu, pd, bu, bd = pu[k], pd[k], bu[k], bd[k]
-    return _Hot(rows, sc, _running(cid, t0_us, t1_us, pu, pd, bu, bd))
-
-
-def _may_qualify(cid: np.ndarray, pu: np.ndarray, pd: np.ndarray) -> np.ndarray:
-    """Rows of connections that may reach :data:`MIN_PACKETS` each way (an exact gate).
-
-    Packets are summed per bucket of connection ids (``np.bincount``, two buckets per row,
-    at most 4 M buckets so the sums stay small); a bucket's sum is at least the total of every
-    connection in it, so a row whose bucket stays below the minimum one way belongs to a
-    connection that never qualifies.
-    Short-lived connections, most of a network's records, go here before the sort.
-    """
-    n = len(cid)
-    if n == 0:
-        return np.ones(0, dtype=bool)
-    buckets = 1 << min(22, max(10, (2 * n - 1).bit_length()))
-    b = (cid & np.uint64(buckets - 1)).astype(np.intp)
-    ok = np.bincount(b, weights=pu, minlength=buckets)[b] >= MIN_PACKETS
-    ok &= np.bincount(b, weights=pd, minlength=buckets)[b] >= MIN_PACKETS
-    return ok
+    return _Hot(frame.drop("_cid", "_t0", "_t1", "_pu", "_pd", "_bu", "_bd"), run)
 
 
 def _segment_rows(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -716,7 +723,7 @@ def _segment_rows(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _hot_summary(
-    df: pl.DataFrame, h: _Hot, model: BehaviorModel, threshold: float
+    h: _Hot, model: BehaviorModel, threshold: float
 ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """Detected connections (as :func:`summarize` gives them) and their packet totals."""
     r = h.run
@@ -733,15 +740,15 @@ def _hot_summary(
     ug = g[first]
     det_row = rows[first]  # the earliest record at which each connection reached it
     last_row = r.starts[ug] + r.lengths[ug] - 1
-    src = h.rows[r.perm[last_row]]
-    sc = pl.Series(h.sc[r.perm[last_row]])
-    ends = df.select("src_ip", "src_port", "dst_ip", "dst_port")[src]
+    df = h.frame
+    ends = df.select("_sc", "src_ip", "src_port", "dst_ip", "dst_port")[r.perm[last_row]]
+    sc = ends["_sc"]
 
     def pick(a: str, b: str) -> pl.Series:
         return ends.select(pl.when(sc).then(pl.col(a)).otherwise(pl.col(b))).to_series()
 
     members, which = _segment_rows(r.starts[ug], r.lengths[ug])
-    member_rows = h.rows[r.perm[members]]
+    member_rows = r.perm[members]
     sni = (
         pl.DataFrame({"k": which, "sni": df["sni"][member_rows]})
         .group_by("k", maintain_order=True)
@@ -978,7 +985,7 @@ _PACKET_COLS = (
 
 
 def detect(
-    flows: pa.Table | pa.RecordBatch | pl.DataFrame,
+    flows: pa.Table | pa.RecordBatch | pl.DataFrame | pl.LazyFrame,
     *,
     dns: pa.Table | pl.DataFrame | None = None,
     intel: PoolIntel | None = None,
@@ -994,10 +1001,8 @@ def detect(
     """
     m = model if model is not None else default_model()
     thr = m.threshold if threshold is None else threshold
-    df = _to_frame(flows)
-    if df.height == 0:
-        return []
-    summary, packets = _hot_summary(df, _hot(df), m, thr)
+    lf = flows.lazy() if isinstance(flows, pl.LazyFrame) else _to_frame(flows).lazy()
+    summary, packets = _hot_summary(_hot(lf), m, thr)
     if summary.height == 0:
         return []
     if exclude is not None and exclude.height:
@@ -1203,18 +1208,28 @@ _SUM_STATE = ("PU", "PD", "BU", "BD", "NU", "ND", "PU2", "PD2")
 
 @dataclass
 class FlowInputs:
-    """FLOWS and DNS tables gathered from stores and files, with what was read."""
+    """FLOWS and DNS tables gathered from stores and files, with what was read.
 
-    flows: pa.Table
+    ``flows`` is lazy: Parquet files are scanned where :func:`detect` runs, in the same pass
+    as orientation and the gate, instead of being read whole first."""
+
+    flows: pl.LazyFrame
     dns: pa.Table
     sources: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        """Flow records read from all sources."""
+        return sum(int(s.get("flows", 0)) for s in self.sources)
 
 
 def read_flow_inputs(sources: list[str] | list[Path], quarantine: Any = None) -> FlowInputs:
     """Flow stores (directories written by ``flows ingest``), Parquet files of FLOWS, or any
     file ``flows ingest`` reads (NetFlow/IPFIX, nfcapd, Zeek, EVE, CIC).
 
-    Raises :class:`minewatch.errors.InputError` for a missing or unrecognised input.
+    Raises :class:`minewatch.errors.InputError` for a missing or unrecognised input, or a
+    Parquet file whose footer cannot be read or that lacks FLOWS columns (a file damaged
+    further in fails when :func:`detect` reads it: the CLI names the Parquet inputs then).
     """
     import pyarrow.parquet as pq
 
@@ -1222,7 +1237,8 @@ def read_flow_inputs(sources: list[str] | list[Path], quarantine: Any = None) ->
     from minewatch.schema import DNS, FLOWS
     from minewatch.sources import flowstore
 
-    flows: list[pa.Table] = []
+    target = pl.from_arrow(FLOWS.empty_table()).schema  # type: ignore[union-attr]
+    flows: list[pl.LazyFrame] = []
     dns: list[pa.Table] = []
     seen: list[dict[str, Any]] = []
     loose: list[Path] = []
@@ -1230,7 +1246,7 @@ def read_flow_inputs(sources: list[str] | list[Path], quarantine: Any = None) ->
         p = Path(s)
         if p.is_dir() and ((p / "flows").is_dir() or (p / "dns").is_dir()):
             f, d = flowstore.read_flows(p), flowstore.read_dns(p)
-            flows.append(f)
+            flows.append(_to_frame(f).lazy())
             dns.append(d)
             seen.append({"source": str(p), "format": "store", "flows": f.num_rows})
         else:
@@ -1239,27 +1255,29 @@ def read_flow_inputs(sources: list[str] | list[Path], quarantine: Any = None) ->
     for f in loose:
         if f.suffix == ".parquet":
             try:
-                t = pq.read_table(f)
+                meta = pq.read_metadata(f)
             except (OSError, pa.ArrowInvalid) as exc:
                 raise InputError(f"not a readable Parquet file: {exc}", path=f) from exc
-            missing = [c for c in FLOWS.names if c not in t.column_names]
+            names = set(meta.schema.to_arrow_schema().names)
+            missing = [c for c in FLOWS.names if c not in names]
             if missing:
                 raise InputError(
                     f"Parquet file without FLOWS columns {missing}",
                     path=f,
                     hint="give a flow store written by `minewatch flows ingest`",
                 )
-            flows.append(t.select(FLOWS.names).cast(FLOWS))
-            seen.append({"source": str(f), "format": "parquet", "flows": t.num_rows})
+            scan = pl.scan_parquet(f).select(pl.col(c).cast(t) for c, t in target.items())
+            flows.append(scan)
+            seen.append({"source": str(f), "format": "parquet", "flows": meta.num_rows})
         else:
             by_format.setdefault(flowstore.detect_format(f), []).append(f)
     for fmt, paths in by_format.items():
         res = flowstore.read_source(paths, fmt, quarantine)
-        flows.append(res.flows)
+        flows.append(_to_frame(res.flows).lazy())
         dns.append(res.dns)
         seen.append({"source": [str(p) for p in paths], **res.summary()})
     return FlowInputs(
-        flows=pa.concat_tables(flows) if flows else FLOWS.empty_table(),
+        flows=pl.concat(flows, how="vertical") if flows else _to_frame(FLOWS.empty_table()).lazy(),
         dns=pa.concat_tables(dns) if dns else DNS.empty_table(),
         sources=seen,
     )
