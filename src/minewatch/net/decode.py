@@ -13,6 +13,7 @@ GTP-U on UDP 2152, as on the core links of a mobile operator); TCP and UDP.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -283,10 +284,16 @@ def decode(b: RawBatch) -> Packets:
     )
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def ip_text(ver: int, hi: int, lo: int) -> str:
-    """The printable address of one endpoint (used only for reported sessions)."""
+    """The printable address of one endpoint (used only for reported sessions).
+
+    Cached: the same servers and clients come back in session after session, and
+    :mod:`ipaddress` costs several microseconds per address.
+    """
+    if ver == 4:
+        v = int(lo) & 0xFFFFFFFF
+        return f"{v >> 24}.{(v >> 16) & 0xFF}.{(v >> 8) & 0xFF}.{v & 0xFF}"
     import ipaddress
 
-    if ver == 4:
-        return str(ipaddress.IPv4Address(int(lo) & 0xFFFFFFFF))
     return str(ipaddress.IPv6Address((int(hi) << 64) | int(lo)))

@@ -57,6 +57,8 @@ class PoolIntel:
             self._v4_reach.append(best)
         self._v6 = [n for n in merged.networks if n.version == 6]
         self.size = len(self.domains) + len(merged.networks)
+        # Address text -> hit: a scan asks about the same servers again and again.
+        self._ip_cache: dict[str, IntelHit | None] = {}
 
     def match_domain(self, name: str | None) -> IntelHit | None:
         if not name:
@@ -71,6 +73,16 @@ class PoolIntel:
     def match_ip(self, ip: str | None) -> IntelHit | None:
         if not ip:
             return None
+        try:
+            return self._ip_cache[ip]
+        except KeyError:
+            pass
+        if len(self._ip_cache) >= 1 << 16:
+            self._ip_cache.clear()
+        hit = self._ip_cache[ip] = self._match_ip(ip)
+        return hit
+
+    def _match_ip(self, ip: str) -> IntelHit | None:
         try:
             addr = ipaddress.ip_address(ip)
         except ValueError:
