@@ -238,9 +238,12 @@ def decode(b: RawBatch) -> Packets:
         tun = inner >= 0
         if not tun.any():
             break
-        sub = _ip_layer(buf, inner, iver, end, tun)
+        rows = np.flatnonzero(tun)  # decode the inner headers of tunnelled packets only
+        sub = _ip_layer(buf, inner[rows], iver[rows], end[rows], tun[rows])
         for k in _FIELDS:
-            ip[k] = np.where(tun, sub[k], ip[k])
+            col = ip[k].copy()
+            col[rows] = sub[k]
+            ip[k] = col
 
     ok, proto, l4, ip_end = ip["ok"], ip["proto"], ip["l4"], ip["ip_end"]
     tcp = ok & (proto == TCP) & (l4 + 20 <= ip_end)
