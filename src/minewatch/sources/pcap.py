@@ -202,8 +202,9 @@ def _pcap_batches(chunks: Iterator[bytes], head: bytes, stats: ReadStats) -> Ite
         n = len(b)
         offs = w.offs
         append = offs.append
+        room = BATCH_PACKETS - len(offs)  # records this batch still takes
         while o + 16 <= n:
-            incl = caplen_at(b, o + 8)[0]
+            (incl,) = caplen_at(b, o + 8)
             if incl > limit:
                 # A header that cannot be right: search for the next plausible record.
                 stats.corrupt_records += 1
@@ -220,11 +221,15 @@ def _pcap_batches(chunks: Iterator[bytes], head: bytes, stats: ReadStats) -> Ite
                 stats.skipped_bytes += p - o
                 o = p
                 continue
-            if o + 16 + incl > n:
+            o += 16
+            nxt = o + incl
+            if nxt > n:
+                o -= 16
                 break
-            append(o + 16)
-            o += 16 + incl
-            if len(offs) >= BATCH_PACKETS:
+            append(o)
+            o = nxt
+            room -= 1
+            if room <= 0:
                 return o, True
         return o, False
 
