@@ -21,7 +21,6 @@ ends (``"final": true``); consumers keep the last line per ``session_id``.
 from __future__ import annotations
 
 import collections
-import functools
 import gc
 import math
 from collections.abc import Callable, Iterable
@@ -130,10 +129,13 @@ class Endpoint:
     hi: int
     lo: int
     port: int
+    _ip: str | None = field(default=None, repr=False, compare=False)
 
-    @functools.cached_property
+    @property
     def ip(self) -> str:
-        return ip_text(self.ver, self.hi, self.lo)
+        if self._ip is None:  # computed once: records and the behaviour hook ask repeatedly
+            self._ip = ip_text(self.ver, self.hi, self.lo)
+        return self._ip
 
 
 @dataclass

@@ -34,7 +34,7 @@ class StreamStats:
 class HalfStream:
     """One direction of a TCP connection: sequence space to an ordered byte buffer."""
 
-    __slots__ = ("buf", "next_seq", "pending", "pending_bytes", "resync", "stats")
+    __slots__ = ("buf", "need", "next_seq", "pending", "pending_bytes", "resync", "stats")
 
     def __init__(self, stats: StreamStats, isn: int | None = None) -> None:
         self.next_seq: int | None = (isn + 1) & MASK if isn is not None else None
@@ -43,6 +43,7 @@ class HalfStream:
         self.buf = bytearray()
         self.resync = False  # bytes before the next message boundary are damaged
         self.stats = stats
+        self.need = 0  # HTTP: buffer length the message at its start needs to be complete
 
     def feed(self, seq: int, data: bytes) -> None:
         if not data:
@@ -190,6 +191,9 @@ def take_http(h: HalfStream, final: bool = False) -> list[HttpMessage]:
     """Complete HTTP/1.x messages from the buffer."""
     buf = h.buf
     out: list[HttpMessage] = []
+    if not final and not h.resync and len(buf) < h.need:
+        return out  # the message at the start of the buffer is still incomplete
+    h.need = 0
     while buf:
         if h.resync or not looks_http(bytes(buf[:8])):
             nxt = min((i for i in (buf.find(m) for m in _METHODS) if i > 0), default=-1)
@@ -241,6 +245,8 @@ def take_http(h: HalfStream, final: bool = False) -> list[HttpMessage]:
                 if final:
                     h.stats.cut += len(buf)
                     buf.clear()
+                else:
+                    h.need = body_start + length  # nothing to read before that
                 return out
             msg.body = bytes(buf[body_start : body_start + length])
             del buf[: body_start + length]
