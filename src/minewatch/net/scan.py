@@ -24,13 +24,13 @@ import collections
 import gc
 import math
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import dpkt
 import numpy as np
-import pyarrow as pa
 
 from minewatch.energy import COIN_ALGO, power_w_range
 from minewatch.errors import InputError
@@ -217,6 +217,7 @@ class Scanner:
             intel=self.intel, idle_s=max(idle_s, 900.0), every_record=live
         )
         self._stratum_keys: set[tuple[str, int, str, int]] = set()
+        self._pool: ThreadPoolExecutor | None = None  # runs _model beside the session reading
 
     # ---- batches -----------------------------------------------------------------------
 
@@ -229,11 +230,18 @@ class Scanner:
         self.counters.packets += len(batch)
         self.counters.decoded += int(p.ok.sum())
         self._now = float(p.ts_us.max()) / 1e6
-        self._dns(batch, p)
-        self._syns(p)
-        self._payloads(batch, p)
-        self._account(p)
-        self._behavior(self.flowagg.add(p))
+        # The flow windows and the behaviour model (Polars and NumPy, which release the GIL)
+        # run in a worker thread while this thread reads the sessions (Python): the two touch
+        # disjoint state, and the model's results are reported at the same point as before.
+        model = self._worker().submit(self._model, p)
+        try:
+            self._dns(batch, p)
+            self._syns(p)
+            self._payloads(batch, p)
+            self._account(p)
+        finally:
+            found, done = model.result()
+        self._behavior(found, done)
         self._close_finished()
         if self._now - self._last_idle_check > 10:
             self._expire_idle()
@@ -246,7 +254,10 @@ class Scanner:
         self.out = []
         for sid in list(self.sessions):
             self._finish(sid)
-        self._behavior(self.flowagg.flush(), final=True)
+        self._behavior(*self._model(None))
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         return self.out
 
     def run(self, batches: Iterable[RawBatch]) -> list[dict[str, Any]]:
@@ -619,15 +630,29 @@ class Scanner:
             s.announced = True
             self._emit(rec)
 
-    def _behavior(self, records: pa.Table, final: bool = False) -> None:
-        """Score new flow windows; report connections the Stratum reader did not report.
+    def _worker(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="minewatch-scan-model")
+        return self._pool
+
+    def _model(self, p: Packets | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Flow windows of a batch (``None``: end of input) scored by the behaviour model.
+
+        Touches only ``flowagg`` and ``behavior`` (it may run in the worker thread): returns
+        (connections newly over the threshold, final records of connections that ended).
+        """
+        records = self.flowagg.flush() if p is None else self.flowagg.add(p)
+        found = self.behavior(records) if records.num_rows else []
+        done = self.behavior.expired + (self.behavior.finish() if p is None else [])
+        self.behavior.expired = []
+        return found, done
+
+    def _behavior(self, found: list[dict[str, Any]], done: list[dict[str, Any]]) -> None:
+        """Report connections the behaviour model found that the Stratum reader did not report.
 
         Live: a connection is reported when the model first reaches its threshold, then again
         when it ends. Files: once, when it ends (or at the end of input).
         """
-        found = self.behavior(records) if records.num_rows else []
-        done = self.behavior.expired + (self.behavior.finish() if final else [])
-        self.behavior.expired = []
         if not found and not done:
             return
         for s in self.sessions.values():  # connections the Stratum reader is following

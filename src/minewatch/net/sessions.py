@@ -14,6 +14,7 @@ over HTTP).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 MASK = 0xFFFF_FFFF
@@ -239,6 +240,7 @@ def take_http(h: HalfStream, final: bool = False) -> list[HttpMessage]:
             if not msg.is_request and "content-length" not in headers:
                 # A response without a length runs to the end of the connection.
                 if not final:
+                    h.need = sys.maxsize  # nothing to read before the stream ends
                     return out
                 length = len(buf) - body_start
             if len(buf) < body_start + length:
