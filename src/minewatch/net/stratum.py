@@ -125,6 +125,18 @@ def coin_from_host(host: str | None) -> str | None:
     return None
 
 
+def _id_key(mid: Any) -> object:
+    """A key for a JSON-RPC id: two ids get equal keys exactly when their JSON is equal.
+
+    Integer and string ids (nearly all) skip ``json.dumps``; a tuple never equals the text
+    that ``json.dumps`` gives for the other ids (``1.0``, ``null``, ``[1]``, ``true``).
+    """
+    t = type(mid)
+    if t is int or t is str:
+        return (t is int, mid)
+    return json.dumps(mid)
+
+
 @dataclass
 class Share:
     ts: float
@@ -153,7 +165,7 @@ class StratumState:
     # (time, the pool's own difficulty number when it sent one, expected hashes per share)
     difficulty: list[tuple[float, float | None, float]] = field(default_factory=list)
     shares: list[Share] = field(default_factory=list)
-    pending: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+    pending: dict[object, tuple[str, int | None]] = field(default_factory=dict)  # by _id_key
     reported_hs: float | None = None
     bad_json: int = 0
     not_mining: str | None = None  # why, when the session is clearly something else
@@ -249,9 +261,11 @@ class StratumState:
     def _client_request(self, ts: float, method: str, m: dict[str, Any]) -> None:
         params = m.get("params")
         mid = m.get("id")
-        key = json.dumps(mid)
         if method in CLIENT_METHODS:
-            self.pending[key] = (method, len(self.shares) if "submit" in method.lower() else None)
+            self.pending[_id_key(mid)] = (
+                method,
+                len(self.shares) if "submit" in method.lower() else None,
+            )
         if method == "mining.subscribe":
             self.dialect_votes["stratum1"] += 1
             if isinstance(params, list):
@@ -364,8 +378,7 @@ class StratumState:
                 self.coin_hints.append(("zec", "mining.set_target is the Equihash dialect"))
 
     def _server_reply(self, ts: float, m: dict[str, Any]) -> None:
-        key = json.dumps(m.get("id"))
-        req = self.pending.pop(key, None)
+        req = self.pending.pop(_id_key(m.get("id")), None)
         result = m.get("result")
         error = m.get("error")
         ok = error in (None, False) and result not in (None, False)
