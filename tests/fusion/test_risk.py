@@ -10,6 +10,7 @@ from fusion_scene import det, evidence, finance_row, meter, scene
 from minewatch.fusion.policy import load_policy
 from minewatch.fusion.risk import (
     CONTRADICTION_PENALTY,
+    NETWORK_MISS,
     PRIOR,
     RECUR_PER_DOUBLING,
     TIMING_BONUS,
@@ -301,3 +302,47 @@ def test_meter_change_at_the_time_mining_was_first_seen_corroborates() -> None:
         fuse(evidence(early), _month_leases(sc), sc["subscribers"], sc["accounts"]).suspects
     )
     assert not any("both sources agree on when" in r for r in e["a1"]["reasons"])
+
+
+def test_a_one_day_sighting_not_seen_again_for_a_week_counts_less() -> None:
+    """Sessions on one day, then a week or more of network data without them: how a false
+    alarm looks. Counted like the absence of network evidence, with a reason."""
+    sc = scene()
+    rows = [
+        det("10.0.0.1", 40001, 0.8, detector="behavior", hours=24 * 1),  # day 1, never again
+        det("10.0.0.4", 40002, 0.8, detector="behavior", hours=24 * 9),  # day 9
+        det("10.0.0.2", 40003, 0.8, detector="behavior", hours=24 * 12),  # data runs to day 12
+        det("10.0.0.2", 40004, 0.8, detector="behavior", hours=24 * 2),
+    ]
+    s = by_premises(
+        fuse(evidence(rows), _month_leases(sc), sc["subscribers"], sc["accounts"]).suspects
+    )
+    gap = s["a4"]["log_odds"] - s["a1"]["log_odds"]
+    assert math.isclose(gap, -math.log(NETWORK_MISS), abs_tol=1e-3)
+    assert any("on one day only" in r and "11 days" in r for r in s["a1"]["reasons"])
+    assert not any("on one day only" in r for r in s["a4"]["reasons"])  # 3 days of data after
+    assert not any("on one day only" in r for r in s["a2"]["reasons"])  # seen on two days
+
+
+def test_timing_and_absence_use_only_sessions_of_the_premises_alone() -> None:
+    """A session on an address shared by two subscribers (CGNAT, no port) neither dates a
+    meter change for both of them nor lifts the absence term for both of them."""
+    sc = scene()
+    rows = [
+        det("10.0.0.2", 40000, 0.8, detector="behavior", hours=1),  # observation starts day 0
+        det("10.0.0.2", 40010, 0.8, detector="behavior", hours=24 * 20),  # and runs to day 20
+        det("203.0.113.7", None, 0.8, detector="behavior", hours=24 * 9),  # s5 or s6
+        meter("a5", 0.5, 2.0, since="2026-12-05"),  # one day after the shared session
+        meter("a3", 0.5, 2.0, since="2026-12-05"),  # the same meter, no session at all
+    ]
+    s = by_premises(
+        fuse(evidence(rows), _month_leases(sc), sc["subscribers"], sc["accounts"]).suspects
+    )
+    assert not any("both sources agree on when" in r for r in s["a5"]["reasons"])
+    assert any("only sessions on addresses shared" in r for r in s["a5"]["reasons"])
+    # Both carry the absence term; the shared session still counts for a5, as one of two
+    # candidates: behaviour weight 0.8 at base 0.5, then -ln(e^-LLR + (n-1) * PRIOR).
+    llr = 0.8 * math.log(0.8 / 0.2)
+    shared = -math.log(math.exp(-llr) + PRIOR)
+    gap = s["a5"]["log_odds"] - s["a3"]["log_odds"]
+    assert math.isclose(gap, shared, abs_tol=1e-3)

@@ -72,6 +72,11 @@ RECUR_MAX = 1.5
 # premises would line up (~0.2 in four weeks); for a rig that starts in the window most do.
 TIMING_DAYS = 2
 TIMING_BONUS = 1.0
+# Sessions of a premises (attributed to it alone) all on one day, and the network watched for
+# ONE_OFF_DAYS or more after that day without seeing it again: that is how a detector's false
+# alarm looks (independent per day); a rig keeps mining and keeps being seen. Read like the
+# absence of network evidence: ln(NETWORK_MISS) (the rig may have stopped or gone behind a VPN).
+ONE_OFF_DAYS = 7
 
 
 @dataclass(frozen=True)
@@ -515,11 +520,13 @@ def fuse(
     suspects = classify(suspects)
     suspects = _consistency(suspects)
     # Absence of network evidence where the network watches: only when network evidence was
-    # part of this run at all, and only for premises with a linked subscriber.
+    # part of this run at all, and only for premises with a linked subscriber. A premises
+    # whose only sessions were on addresses shared with others (one of n candidates) has
+    # none of its own: those sessions still count, discounted, but do not lift the absence.
     network_on = (sources is None or "network" in sources) and net.height > 0
     watched = pl.col("linked_subscribers").list.len().fill_null(0) > 0
     suspects = suspects.with_columns(
-        absence_llr=pl.when(pl.lit(network_on) & watched & pl.col("llr_network").is_null())
+        absence_llr=pl.when(pl.lit(network_on) & watched & pl.col("own_days").is_null())
         .then(math.log(NETWORK_MISS))
         .otherwise(0.0)
     )
@@ -645,28 +652,53 @@ def _aggregate(pe: pl.DataFrame, prior: float) -> pl.DataFrame:
             how="left",
         )
     )
+    # Timing and persistence use only sessions attributed to this premises alone, like the
+    # hash rate and recurrence: a session on an address shared with others is not its own.
+    own_t = (
+        own.filter(pl.col("window_start").is_not_null())
+        .group_by("premises_id")
+        .agg(
+            own_first=pl.col("window_start").min(),
+            own_last=pl.col("window_end").fill_null(pl.col("window_start")).max(),
+            own_days=pl.col("window_start").dt.date().n_unique(),
+        )
+    )
+    out = out.join(own_t, on="premises_id", how="left")
     obs_start = net["window_start"].min() if net.height else None
-    near = (pl.col("first_seen") - pl.col("power_since")).abs() <= pl.duration(days=TIMING_DAYS)
+    obs_end = net["window_end"].fill_null(net["window_start"]).max() if net.height else None
+    near = (pl.col("own_first") - pl.col("power_since")).abs() <= pl.duration(days=TIMING_DAYS)
     after_start = (
-        (pl.col("first_seen") - pl.lit(obs_start)) > pl.duration(days=TIMING_DAYS)
+        (pl.col("own_first") - pl.lit(obs_start)) > pl.duration(days=TIMING_DAYS)
         if obs_start is not None
+        else pl.lit(False)
+    )
+    watched_after = (
+        (pl.lit(obs_end) - pl.col("own_last")) >= pl.duration(days=ONE_OFF_DAYS)
+        if obs_end is not None
         else pl.lit(False)
     )
     out = out.with_columns(
         timing_llr=pl.when(
             pl.col("power_since").is_not_null()
-            & pl.col("first_seen").is_not_null()
+            & pl.col("own_first").is_not_null()
             & (pl.col("added_kw").fill_null(0.0) > 0)
             & after_start
             & near
         )
         .then(TIMING_BONUS)
-        .otherwise(0.0)
+        .otherwise(0.0),
+        one_off_llr=pl.when((pl.col("own_days") == 1) & watched_after)
+        .then(math.log(NETWORK_MISS))
+        .otherwise(0.0),
+        watched_days=(pl.lit(obs_end) - pl.col("own_last")).dt.total_days()
+        if obs_end is not None
+        else pl.lit(None, pl.Int64),
     )
     return out.with_columns(
         log_odds=_logit(prior)
         + pl.sum_horizontal(
             pl.col("timing_llr"),
+            pl.col("one_off_llr"),
             pl.col("llr_network").fill_null(0.0),
             pl.col("llr_power").fill_null(0.0),
             pl.col("llr_finance").fill_null(0.0),
@@ -888,16 +920,37 @@ def _reasons(s: pl.DataFrame, pe: pl.DataFrame) -> pl.DataFrame:
             "seen ({}): both sources agree on when: +{}",
             pl.col("power_since").dt.strftime("%Y-%m-%d"),
             pl.lit(TIMING_DAYS),
-            pl.col("first_seen").dt.strftime("%Y-%m-%d %H:%M"),
+            pl.col("own_first").dt.strftime("%Y-%m-%d %H:%M"),
             pl.col("timing_llr").round(2),
         )
     )
-    absent_txt = pl.when(pl.col("absence_llr") < 0).then(
+    one_off_txt = pl.when(pl.col("one_off_llr") < 0).then(
         pl.format(
-            "no mining session seen on the lines of {} in the period (the network sees most "
-            "rigs): {}",
-            pl.col("linked_subscribers").list.join(", "),
-            pl.col("absence_llr").round(2),
+            "mining sessions seen on one day only ({}), and not again in the {} days of network "
+            "data after it (false alarms do not persist; a rig keeps mining): {}",
+            pl.col("own_last").dt.strftime("%Y-%m-%d"),
+            pl.col("watched_days"),
+            pl.col("one_off_llr").round(2),
+        )
+    )
+    absent_txt = (
+        pl.when((pl.col("absence_llr") < 0) & pl.col("n_sessions").is_null())
+        .then(
+            pl.format(
+                "no mining session seen on the lines of {} in the period (the network sees "
+                "most rigs): {}",
+                pl.col("linked_subscribers").list.join(", "),
+                pl.col("absence_llr").round(2),
+            )
+        )
+        .when(pl.col("absence_llr") < 0)
+        .then(
+            pl.format(
+                "no mining session of {} alone in the period, only sessions on addresses "
+                "shared with others (the network sees most rigs): {}",
+                pl.col("linked_subscribers").list.join(", "),
+                pl.col("absence_llr").round(2),
+            )
         )
     )
     s = s.with_columns(
@@ -907,6 +960,7 @@ def _reasons(s: pl.DataFrame, pe: pl.DataFrame) -> pl.DataFrame:
                 pl.col("consistency_text"),
                 recur_txt,
                 timing_txt,
+                one_off_txt,
                 absent_txt,
                 link_txt,
                 shared_txt,
