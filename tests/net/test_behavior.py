@@ -42,6 +42,7 @@ from minewatch.net.behavior import (
     default_model,
     detect,
     eligible,
+    read_flow_inputs,
 )
 from minewatch.net.collector import FlowCollector, serve
 from minewatch.net.scan import scan_sources
@@ -269,3 +270,16 @@ def test_flows_detect_cli_on_parquet_files(tmp_path: Path) -> None:
         r = subprocess.run([*cli, str(path)], text=True, capture_output=True)
         assert r.returncode == 2 and "unusable input" in r.stderr and str(path) in r.stderr
         assert r.stdout == "" and "Traceback" not in r.stderr
+
+
+def test_flows_detect_scans_a_flow_store_lazily(tmp_path: Path) -> None:
+    """A store written by ``flows ingest`` is scanned, not loaded: same detections, and the
+    record count comes from the files' footers."""
+    from minewatch.sources.flowstore import write_flows
+
+    flows = flows_from_pcap(SHARED / "mining" / "eth-eu1.nanopool.org.pcapng")
+    write_flows(flows, tmp_path / "store")
+    inputs = read_flow_inputs([tmp_path / "store"])
+    assert isinstance(inputs.flows, pl.LazyFrame) and inputs.rows == flows.num_rows
+    want = keys(detect(flows, threshold=0.0))
+    assert want and keys(detect(inputs.flows, threshold=0.0)) == want

@@ -1210,8 +1210,8 @@ _SUM_STATE = ("PU", "PD", "BU", "BD", "NU", "ND", "PU2", "PD2")
 class FlowInputs:
     """FLOWS and DNS tables gathered from stores and files, with what was read.
 
-    ``flows`` is lazy: Parquet files are scanned where :func:`detect` runs, in the same pass
-    as orientation and the gate, instead of being read whole first."""
+    ``flows`` is lazy: flow stores and Parquet files are scanned where :func:`detect` runs, in
+    the same pass as orientation and the gate, instead of being read whole first."""
 
     flows: pl.LazyFrame
     dns: pa.Table
@@ -1245,10 +1245,10 @@ def read_flow_inputs(sources: list[str] | list[Path], quarantine: Any = None) ->
     for s in sources:
         p = Path(s)
         if p.is_dir() and ((p / "flows").is_dir() or (p / "dns").is_dir()):
-            f, d = flowstore.read_flows(p), flowstore.read_dns(p)
-            flows.append(_to_frame(f).lazy())
-            dns.append(d)
-            seen.append({"source": str(p), "format": "store", "flows": f.num_rows})
+            scan, n = flowstore.scan_flows(p)
+            flows.append(scan)
+            dns.append(flowstore.read_dns(p))
+            seen.append({"source": str(p), "format": "store", "flows": n})
         else:
             loose.extend(flowstore.expand_inputs([p]))
     by_format: dict[str, list[Path]] = {}

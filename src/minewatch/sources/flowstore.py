@@ -31,6 +31,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from minewatch.errors import InputError, Quarantine
 from minewatch.schema import DNS, EVIDENCE, FLOWS
@@ -290,6 +291,19 @@ def read_flows(
         e = ds.field("date") <= end.isoformat()
         flt = e if flt is None else flt & e
     return d.to_table(columns=FLOWS.names, filter=flt).cast(FLOWS)
+
+
+def scan_flows(root: str | Path) -> tuple[pl.LazyFrame, int]:
+    """All FLOWS rows of a store as a lazy Polars scan (nothing is read until it is
+    collected, and then only the columns and rows a query needs), and their count from the
+    files' footers."""
+    files = sorted((Path(root) / "flows").rglob("*.parquet"))
+    target = pl.from_arrow(FLOWS.empty_table()).schema  # type: ignore[union-attr]
+    if not files:
+        return pl.LazyFrame(schema=target), 0
+    rows = sum(pq.read_metadata(f).num_rows for f in files)
+    scan = pl.scan_parquet(files, hive_partitioning=False)
+    return scan.select(pl.col(c).cast(t) for c, t in target.items()), rows
 
 
 def read_dns(root: str | Path) -> pa.Table:
