@@ -23,7 +23,9 @@ from __future__ import annotations
 import collections
 import gc
 import math
-from collections.abc import Callable, Iterable
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -221,12 +223,15 @@ class Scanner:
 
     # ---- batches -----------------------------------------------------------------------
 
-    def feed(self, batch: RawBatch) -> list[dict[str, Any]]:
-        """Process one batch; returns the detections completed by it."""
+    def feed(self, batch: RawBatch, decoded: Packets | None = None) -> list[dict[str, Any]]:
+        """Process one batch (``decoded``: its :func:`decode`, when already done).
+
+        Returns the detections completed by it.
+        """
         self.out = []
         if len(batch) == 0:
             return self.out
-        p = decode(batch)
+        p = decoded if decoded is not None else decode(batch)
         self.counters.packets += len(batch)
         self.counters.decoded += int(p.ok.sum())
         self._now = float(p.ts_us.max()) / 1e6
@@ -857,10 +862,56 @@ def _scan_each(
         )
         report = InputReport(src, stats, sc.counters)
         try:
-            for batch in read_batches(src, stats):
-                sc.feed(batch)
+            if live:  # as it arrives
+                for batch in read_batches(src, stats):
+                    sc.feed(batch)
+            else:
+                for batch, decoded in _read_ahead(src, stats):
+                    sc.feed(batch, decoded)
         except InputError as exc:
             report.error = str(exc)
         finally:
             sc.flush()
         reports.append(report)
+
+
+def _read_ahead(src: str, stats: ReadStats) -> Iterator[tuple[RawBatch, Packets]]:
+    """Batches of ``src`` with their decoded columns, read and decoded by a thread one batch
+    ahead of the scanner (decoding is NumPy work that runs beside the scanner's Python).
+
+    The reader's errors are raised here, after the batches read before them.
+    """
+    ahead: queue.Queue[tuple[RawBatch, Packets] | BaseException | None] = queue.Queue(1)
+    stop = threading.Event()
+
+    def put(item: tuple[RawBatch, Packets] | BaseException | None) -> bool:
+        while not stop.is_set():  # the consumer may have stopped early
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in read_batches(src, stats):
+                if not put((batch, decode(batch))):
+                    return
+            put(None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    reader = threading.Thread(target=produce, name="minewatch-scan-read", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = ahead.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()

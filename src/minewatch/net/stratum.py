@@ -22,6 +22,7 @@ and JSON-RPC that never names a mining method are not mining.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 from collections import Counter
@@ -92,6 +93,7 @@ _COIN_WORDS = {
 RANDOMX_SINCE = 1_575_072_000.0
 
 
+@functools.lru_cache(maxsize=4096)  # a miner's login comes back in every reconnection
 def split_login(user: str | None) -> tuple[str | None, str | None, str | None]:
     """A pool login to (wallet or account, worker, coin suggested by the wallet's shape)."""
     if not user:
@@ -113,6 +115,7 @@ def split_login(user: str | None) -> tuple[str | None, str | None, str | None]:
     return account, worker, None
 
 
+@functools.lru_cache(maxsize=4096)
 def coin_from_host(host: str | None) -> str | None:
     """A coin named in a pool host's labels (``xmr.pool.example``, ``zec-eu.pool``)."""
     if not host:
