@@ -26,7 +26,6 @@ import math
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -219,7 +218,6 @@ class Scanner:
             intel=self.intel, idle_s=max(idle_s, 900.0), every_record=live
         )
         self._stratum_keys: set[tuple[str, int, str, int]] = set()
-        self._pool: ThreadPoolExecutor | None = None  # runs _model beside the session reading
 
     # ---- batches -----------------------------------------------------------------------
 
@@ -235,18 +233,11 @@ class Scanner:
         self.counters.packets += len(batch)
         self.counters.decoded += int(p.ok.sum())
         self._now = float(p.ts_us.max()) / 1e6
-        # The flow windows and the behaviour model (Polars and NumPy, which release the GIL)
-        # run in a worker thread while this thread reads the sessions (Python): the two touch
-        # disjoint state, and the model's results are reported at the same point as before.
-        model = self._worker().submit(self._model, p)
-        try:
-            self._dns(batch, p)
-            self._syns(p)
-            self._payloads(batch, p)
-            self._account(p)
-        finally:
-            found, done = model.result()
-        self._behavior(found, done)
+        self._dns(batch, p)
+        self._syns(p)
+        self._payloads(batch, p)
+        self._account(p)
+        self._behavior(*self._model(p))
         self._close_finished()
         if self._now - self._last_idle_check > 10:
             self._expire_idle()
@@ -260,9 +251,6 @@ class Scanner:
         for sid in list(self.sessions):
             self._finish(sid)
         self._behavior(*self._model(None))
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
         return self.out
 
     def run(self, batches: Iterable[RawBatch]) -> list[dict[str, Any]]:
@@ -635,16 +623,11 @@ class Scanner:
             s.announced = True
             self._emit(rec)
 
-    def _worker(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="minewatch-scan-model")
-        return self._pool
-
     def _model(self, p: Packets | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Flow windows of a batch (``None``: end of input) scored by the behaviour model.
 
-        Touches only ``flowagg`` and ``behavior`` (it may run in the worker thread): returns
-        (connections newly over the threshold, final records of connections that ended).
+        Returns (connections newly over the threshold, final records of connections that
+        ended); the scanner's sessions and output are not touched here.
         """
         records = self.flowagg.flush() if p is None else self.flowagg.add(p)
         found = self.behavior(records) if records.num_rows else []
