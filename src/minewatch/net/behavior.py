@@ -1107,7 +1107,8 @@ class SlidingDetector:
             )
             .with_columns(age_s=pl.col("last_t") - pl.col("first_t"))
         )
-        run = with_features(run)
+        if self.every_record:
+            run = with_features(run)
         new_state = (
             run.group_by(key).agg(pl.all().sort_by("last_t").last()).select(self.state.columns)
         )
@@ -1119,10 +1120,7 @@ class SlidingDetector:
             self._expire()
             return []
         if not self.every_record:  # only each connection's state at the end of the batch
-            run = new_state.join(run.select(*key, "last_t", *FEATURES), on=[*key, "last_t"])
-            run = run.unique(key, keep="last").with_columns(
-                age_s=pl.col("last_t") - pl.col("first_t")
-            )
+            run = with_features(new_state.with_columns(age_s=pl.col("last_t") - pl.col("first_t")))
         scored = score(run, self.model)
         self._remember(scored)
         self._expire()
