@@ -15,6 +15,11 @@ Everything is grouped NumPy/Polars work over whole batches (no Python per packet
    its window has passed (``start + (w + 1) * window_s`` is behind the newest packet), or
    when the connection has been idle for ``idle_s``, or at :meth:`FlowAggregator.flush`.
 
+Without ``packet_stats`` the same steps run as NumPy work over arrays sorted by connection
+key (one sort of the batch by (connection, window), ``reduceat`` for the sums, minima and
+maxima), the state and pending records kept as sorted arrays; Polars only builds the emitted
+table.
+
 Finer per-window statistics from packets (``packet_stats=True``) ride along as extra
 columns after the FLOWS columns: payload-carrying packets and bytes each way, client→server
 payloads of at most :data:`SMALL_PAYLOAD` bytes, server pushes (server payload packets that
@@ -95,6 +100,45 @@ _STATE_SCHEMA = {
 }
 
 
+#: Per-connection state of the NumPy path (``packet_stats=False``), sorted by ``flow``.
+_NP_STATE: dict[str, type[np.generic]] = {
+    "flow": np.uint64,
+    "start_us": np.int64,
+    "last_us": np.int64,
+    "cdir": np.uint64,
+    "ver": np.uint8,
+    "proto": np.uint8,
+    "c_hi": np.uint64,
+    "c_lo": np.uint64,
+    "c_port": np.int32,
+    "s_hi": np.uint64,
+    "s_lo": np.uint64,
+    "s_port": np.int32,
+}
+#: Pending records of the NumPy path, sorted by (``flow``, ``w``).
+_NP_PENDING: dict[str, type[np.generic]] = {
+    "flow": np.uint64,
+    "w": np.int64,
+    "first_us": np.int64,
+    "last_us": np.int64,
+    "flags": np.uint8,
+    "packets_up": np.int64,
+    "packets_down": np.int64,
+    "bytes_up": np.int64,
+    "bytes_down": np.int64,
+}
+_Arrays = dict[str, np.ndarray]
+
+
+def _np_empty(dtypes: dict[str, type[np.generic]]) -> _Arrays:
+    return {c: np.empty(0, t) for c, t in dtypes.items()}
+
+
+def _starts(key: np.ndarray) -> np.ndarray:
+    """Positions where a run of equal values of sorted ``key`` starts."""
+    return np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else key[:0]
+
+
 @dataclass
 class AggregateResult:
     """Records of one input and what the reader saw."""
@@ -122,6 +166,8 @@ class FlowAggregator:
         self.packet_stats = packet_stats
         self.state = pl.DataFrame(schema=_STATE_SCHEMA)
         self.pending = pl.DataFrame(schema=self._pending_schema())
+        self.st = _np_empty(_NP_STATE)
+        self.pend = _np_empty(_NP_PENDING)
         self.now_us = 0
         self.packets = 0
         self.records = 0
@@ -156,6 +202,8 @@ class FlowAggregator:
         ts = p.ts_us[idx]
         self.packets += len(idx)
         self.now_us = max(self.now_us, int(ts.max()))
+        if not self.packet_stats:
+            return self._add_np(p, idx, ts)
         pk = pl.DataFrame(
             {
                 "flow": p.flow[idx],
@@ -362,9 +410,195 @@ class FlowAggregator:
             "gap_sq_up": (gap * gap).sum().cast(pl.Float64),
         }
 
+    # ---- NumPy path (packet_stats=False) ------------------------------------------------
+
+    def _lookup(self, flow: np.ndarray) -> np.ndarray:
+        """Row of each key in the state, -1 when not there."""
+        sf = self.st["flow"]
+        if len(sf) == 0:
+            return np.full(len(flow), -1, np.int64)
+        pos = np.searchsorted(sf, flow)
+        pos[pos == len(sf)] = 0
+        return np.where(sf[pos] == flow, pos, -1)
+
+    def _add_np(self, p: Packets, idx: np.ndarray, ts: np.ndarray) -> pa.Table:
+        flow, dirk, sport = p.flow[idx], p.dirkey[idx], p.sport[idx]
+        si = self._lookup(flow)
+        fresh = si < 0
+        if fresh.any():
+            si = self._new_connections_np(p, idx, ts, si, np.flatnonzero(fresh))
+            self._learn_client_dirs_np(si, dirk, sport)
+        st = self.st
+        up = dirk == st["cdir"][si]
+        w = (ts - st["start_us"][si]) // self.window_us
+        # One sort of the batch by (connection, window): connection rows follow flow order.
+        # (The order inside a group does not matter: integer sums, minima and maxima.)
+        w0 = int(w.min())
+        span = int(w.max()) - w0 + 1
+        if span * len(st["flow"]) < 1 << 62:
+            order = np.argsort(si * span + (w - w0))
+        else:
+            order = np.lexsort((w, si))
+        so, wo = si[order], w[order]
+        b = np.flatnonzero(np.r_[True, (so[1:] != so[:-1]) | (wo[1:] != wo[:-1])])
+        tso = ts[order]
+        upo = up[order]
+        wire = p.wire_len[idx][order].astype(np.int64)
+        n = np.diff(np.r_[b, len(order)])
+        pkts_up = np.add.reduceat(upo.astype(np.int64), b)
+        bytes_up = np.add.reduceat(np.where(upo, wire, 0), b)
+        last = np.maximum.reduceat(tso, b)
+        part = {
+            "flow": st["flow"][so[b]],
+            "w": wo[b],
+            "first_us": np.minimum.reduceat(tso, b),
+            "last_us": last,
+            "flags": np.bitwise_or.reduceat(p.flags[idx][order].astype(np.uint8), b),
+            "packets_up": pkts_up,
+            "packets_down": n - pkts_up,
+            "bytes_up": bytes_up,
+            "bytes_down": np.add.reduceat(wire, b) - bytes_up,
+        }
+        # Newest packet of each connection (groups are sorted by connection first).
+        sb = so[b]
+        fb = _starts(sb)
+        rows = sb[fb]
+        st["last_us"][rows] = np.maximum(st["last_us"][rows], np.maximum.reduceat(last, fb))
+        self._merge_pending_np(part)
+        return self._emit_np(final=False)
+
+    def _new_connections_np(
+        self, p: Packets, idx: np.ndarray, ts: np.ndarray, si: np.ndarray, fresh: np.ndarray
+    ) -> np.ndarray:
+        """Add the connections of the ``fresh`` packets; returns every packet's state row."""
+        # Packets of new connections by (connection, time, batch order).
+        order = fresh[np.lexsort((ts[fresh], p.flow[idx[fresh]]))]
+        at = idx[order]
+        fo = p.flow[at]
+        starts = np.r_[True, fo[1:] != fo[:-1]]
+        gid = np.cumsum(starts) - 1
+        heads = at[starts]  # first packet of each new connection (indices into p)
+        k = len(heads)
+        first_dir = p.dirkey[heads]
+        do = p.dirkey[at]
+        fl = p.flags[at]
+        pure_syn = ((fl & SYN) != 0) & ((fl & ACK) == 0) & (p.proto[at] == TCP)
+        has_syn, syn_dir = self._first_per_group(pure_syn, gid, do, k)
+        # Client: the sender of a pure SYN; else the side with the higher port; else the
+        # sender of the first packet.
+        sp, dp = p.sport[heads], p.dport[heads]
+        client = np.where(has_syn, syn_dir == first_dir, np.where(sp != dp, sp > dp, True))
+        # The client's direction key when the first packet came from the server: the key of
+        # any packet of that connection sent by the other side; else 0 (learnt later).
+        has_other, other_dir = self._first_per_group(do != first_dir[gid], gid, do, k)
+        cdir = np.where(client, first_dir, np.where(has_other, other_dir, np.uint64(0)))
+        sh, sl, dh, dl = p.src_hi[heads], p.src_lo[heads], p.dst_hi[heads], p.dst_lo[heads]
+        new = {
+            "flow": p.flow[heads],
+            "start_us": p.ts_us[heads],
+            "last_us": p.ts_us[heads],
+            "cdir": cdir,
+            "ver": p.ipver[heads],
+            "proto": p.proto[heads],
+            "c_hi": np.where(client, sh, dh),
+            "c_lo": np.where(client, sl, dl),
+            "c_port": np.where(client, sp, dp),
+            "s_hi": np.where(client, dh, sh),
+            "s_lo": np.where(client, dl, sl),
+            "s_port": np.where(client, dp, sp),
+        }
+        n_old = len(self.st["flow"])
+        o = np.argsort(np.concatenate([self.st["flow"], new["flow"]]), kind="stable")
+        self.st = {
+            c: np.concatenate([self.st[c], new[c].astype(t, copy=False)])[o]
+            for c, t in _NP_STATE.items()
+        }
+        # Rows after the merge: old rows and new ones (n_old + connection number) moved by o.
+        moved = np.empty_like(o)
+        moved[o] = np.arange(len(o))
+        rows = np.empty_like(si)
+        rows[si >= 0] = moved[si[si >= 0]]
+        rows[order] = moved[n_old + gid]
+        return rows
+
+    @staticmethod
+    def _first_per_group(
+        mask: np.ndarray, gid: np.ndarray, values: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per group (of ``k``): whether ``mask`` holds anywhere, and the first such value."""
+        has = np.zeros(k, bool)
+        val = np.zeros(k, values.dtype)
+        at = np.flatnonzero(mask)
+        if len(at):
+            g = gid[at]
+            f = _starts(g)
+            has[g[f]] = True
+            val[g[f]] = values[at[f]]
+        return has, val
+
+    def _learn_client_dirs_np(self, si: np.ndarray, dirk: np.ndarray, sport: np.ndarray) -> None:
+        """Client direction keys still unknown (0): from packets not sent by the server."""
+        cdir = self.st["cdir"]
+        m = np.flatnonzero((cdir[si] == 0) & (sport != self.st["s_port"][si]))
+        if len(m):
+            rows, first = np.unique(si[m], return_index=True)
+            cdir[rows] = dirk[m[first]]
+
+    def _merge_pending_np(self, part: _Arrays) -> None:
+        pend = self.pend
+        if len(pend["flow"]) == 0:
+            self.pend = part
+            return
+        a = {c: np.concatenate([pend[c], part[c]]) for c in _NP_PENDING}
+        order = np.lexsort((a["w"], a["flow"]))
+        a = {c: v[order] for c, v in a.items()}
+        f, w = a["flow"], a["w"]
+        b = np.flatnonzero(np.r_[True, (f[1:] != f[:-1]) | (w[1:] != w[:-1])])
+        if len(b) == len(f):
+            self.pend = a
+            return
+        self.pend = {
+            "flow": f[b],
+            "w": w[b],
+            "first_us": np.minimum.reduceat(a["first_us"], b),
+            "last_us": np.maximum.reduceat(a["last_us"], b),
+            "flags": np.bitwise_or.reduceat(a["flags"], b),
+            **{c: np.add.reduceat(a[c], b) for c in _SUMS[:4]},
+        }
+
+    def _emit_np(self, final: bool) -> pa.Table:
+        pend, st = self.pend, self.st
+        cutoff = self.now_us - self.idle_us
+        rows = self._lookup(pend["flow"])
+        if final:
+            done = np.ones(len(rows), bool)
+        else:
+            w_end = st["start_us"][rows] + (pend["w"] + 1) * self.window_us
+            done = (w_end <= self.now_us) | (st["last_us"][rows] < cutoff)
+        out = {c: v[done] for c, v in pend.items()}
+        keep = ~done
+        self.pend = {c: v[keep] for c, v in pend.items()}
+        # Connections idle for idle_s without pending records leave the state.
+        held = np.zeros(len(st["flow"]), bool)
+        held[rows[keep]] = True
+        stay = (st["last_us"] >= cutoff) | held
+        if not stay.all():
+            self.st = {c: v[stay] for c, v in st.items()}
+        if not done.any():
+            return self._empty()
+        self.records += int(done.sum())
+        order = np.argsort(out["first_us"], kind="stable")
+        r = rows[done][order]
+        cols = {c: v[order] for c, v in out.items()}
+        for c in ("ver", "proto", "c_hi", "c_lo", "c_port", "s_hi", "s_lo", "s_port"):
+            cols[c] = st[c][r]
+        return self._to_arrow(pl.DataFrame(cols))
+
     # ---- output ------------------------------------------------------------------------
 
     def _emit(self, final: bool) -> pa.Table:
+        if not self.packet_stats:
+            return self._emit_np(final)
         if self.pending.height == 0:
             self._expire()
             return self._empty()
@@ -394,35 +628,31 @@ class FlowAggregator:
     def _to_arrow(self, done: pl.DataFrame) -> pa.Table:
         v4 = pl.col("ver") == 4
         ts = pl.Datetime("us", "UTC")
-        out = done.with_columns(
-            ts_start=pl.col("first_us").cast(ts),
-            ts_end=pl.col("last_us").cast(ts),
-            src_ip=pl.when(v4).then(_ipv4_text("c_lo")),
-            dst_ip=pl.when(v4).then(_ipv4_text("s_lo")),
-            src_port=pl.col("c_port").cast(pl.Int32),
-            dst_port=pl.col("s_port").cast(pl.Int32),
-            proto=pl.col("proto").cast(pl.Int16),
-            tcp_flags=pl.when(pl.col("proto") == TCP)
-            .then(pl.col("flags").cast(pl.Int16))
-            .otherwise(0),
-            sni=pl.lit(None, pl.Utf8),
-            exporter=pl.lit(EXPORTER),
-            sampling=pl.lit(1, pl.Int32),
+        ips = done.select(
+            src_ip=pl.when(v4).then(_ipv4_text("c_lo")), dst_ip=pl.when(v4).then(_ipv4_text("s_lo"))
         )
-        v6 = out.filter(pl.col("ver") == 6)
-        if v6.height:  # IPv6 text per connection (rare; not per packet)
+        six = np.flatnonzero(done["ver"].to_numpy() == 6)
+        if len(six):  # IPv6 text per connection (rare; not per packet)
+            v6 = done[six]
             c = [ip_text(6, h, lo) for h, lo in zip(v6["c_hi"], v6["c_lo"], strict=True)]
             s = [ip_text(6, h, lo) for h, lo in zip(v6["s_hi"], v6["s_lo"], strict=True)]
-            fill = pl.DataFrame({"_k": v6["flow"], "_w": v6["w"], "_c": c, "_s": s})
-            out = (
-                out.join(fill, left_on=["flow", "w"], right_on=["_k", "_w"], how="left")
-                .with_columns(
-                    src_ip=pl.coalesce("src_ip", "_c"), dst_ip=pl.coalesce("dst_ip", "_s")
-                )
-                .drop("_c", "_s")
-            )
+            ips = pl.DataFrame([ips["src_ip"].scatter(six, c), ips["dst_ip"].scatter(six, s)])
+        cols = {
+            "ts_start": pl.col("first_us").cast(ts),
+            "ts_end": pl.col("last_us").cast(ts),
+            "src_port": pl.col("c_port").cast(pl.Int32),
+            "dst_port": pl.col("s_port").cast(pl.Int32),
+            "proto": pl.col("proto").cast(pl.Int16),
+            "tcp_flags": pl.when(pl.col("proto") == TCP)
+            .then(pl.col("flags").cast(pl.Int16))
+            .otherwise(0),
+            "sni": pl.lit(None, pl.Utf8),
+            "exporter": pl.lit(EXPORTER),
+            "sampling": pl.lit(1, pl.Int32),
+        }
         schema = FLOWS_PACKET if self.packet_stats else FLOWS
-        return out.select(schema.names).to_arrow().cast(schema)
+        out = done.select(cols.get(n, pl.col(n)).alias(n) for n in schema.names if n not in ips)
+        return pl.concat([out, ips], how="horizontal").select(schema.names).to_arrow().cast(schema)
 
     def _empty(self) -> pa.Table:
         return (FLOWS_PACKET if self.packet_stats else FLOWS).empty_table()
@@ -432,10 +662,12 @@ class FlowAggregator:
         out = self._emit(final=True)
         self.pending = self.pending.clear()
         self.state = self.state.clear()
+        self.st = _np_empty(_NP_STATE)
+        self.pend = _np_empty(_NP_PENDING)
         return out
 
     def open_connections(self) -> int:
-        return self.state.height
+        return self.state.height if self.packet_stats else len(self.st["flow"])
 
 
 def aggregate(
