@@ -346,3 +346,28 @@ def test_timing_and_absence_use_only_sessions_of_the_premises_alone() -> None:
     shared = -math.log(math.exp(-llr) + PRIOR)
     gap = s["a5"]["log_odds"] - s["a3"]["log_odds"]
     assert math.isclose(gap, shared, abs_tol=1e-3)
+
+
+def test_a_named_pool_recurs_across_its_rotating_addresses() -> None:
+    """Sessions to one pool host name (here through three addresses, as DNS rotates them) on
+    three days recur; without a name, three addresses are three far ends."""
+    sc = scene()
+    rows = []
+    for day in (3, 5, 9):
+        named = det("10.0.0.1", 40000 + day, 0.8, hours=24 * day, dst_ip=f"192.0.2.{day}")
+        rows.append(named)  # stratum: pool_host "pool.example"
+        rows.append(
+            det(
+                "10.0.0.4",
+                41000 + day,
+                0.8,
+                detector="behavior",  # no pool name
+                hours=24 * day,
+                dst_ip=f"192.0.2.{day}",
+            )
+        )
+    s = by_premises(
+        fuse(evidence(rows), _month_leases(sc), sc["subscribers"], sc["accounts"]).suspects
+    )
+    assert any("pool.example:3333 on 3 distinct days" in r for r in s["a1"]["reasons"])
+    assert not any("distinct days" in r for r in s["a4"]["reasons"])

@@ -238,6 +238,23 @@ def _endpoint() -> pl.Expr:
     ).then(pl.format("{}:{}", pl.col("dst_ip"), pl.col("dst_port")))
 
 
+def _far_end() -> pl.Expr:
+    """The far end for the recurrence term: the pool's host name and port when the detector
+    named one (a pool's name stays while DNS rotates its addresses), else
+    :func:`_endpoint`."""
+    host = pl.col("details").str.json_path_match("$.pool_host")
+    named = (
+        host.is_not_null()
+        & (host != pl.col("dst_ip").fill_null(""))
+        & ~host.str.contains(r"^[0-9.]+$|:")
+    )
+    return (
+        pl.when(named & pl.col("dst_port").is_not_null() & (pl.col("dst_port") != 53))
+        .then(pl.format("{}:{}", host, pl.col("dst_port")))
+        .otherwise(_endpoint())
+    )
+
+
 def _identity(net: pl.DataFrame) -> pl.DataFrame:
     """What ties network sightings of one rig together: its Stratum wallet, else the pool
     endpoint it talks to."""
@@ -615,7 +632,7 @@ def _aggregate(pe: pl.DataFrame, prior: float) -> pl.DataFrame:
         wallets=pl.col("wallet").drop_nulls().unique().sort().head(5),
     )
     rec = (
-        own.with_columns(endpoint=_endpoint())
+        own.with_columns(endpoint=_far_end())
         .filter(pl.col("endpoint").is_not_null() & pl.col("window_start").is_not_null())
         .group_by("premises_id", "endpoint")
         .agg(days=pl.col("window_start").dt.date().n_unique())
