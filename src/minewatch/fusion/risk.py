@@ -950,24 +950,18 @@ def _reasons(s: pl.DataFrame, pe: pl.DataFrame) -> pl.DataFrame:
             pl.col("one_off_llr").round(2),
         )
     )
-    absent_txt = (
-        pl.when((pl.col("absence_llr") < 0) & pl.col("n_sessions").is_null())
-        .then(
-            pl.format(
-                "no mining session seen on the lines of {} in the period (the network sees "
-                "most rigs): {}",
-                pl.col("linked_subscribers").list.join(", "),
-                pl.col("absence_llr").round(2),
-            )
-        )
-        .when(pl.col("absence_llr") < 0)
-        .then(
-            pl.format(
-                "no mining session of {} alone in the period, only sessions on addresses "
-                "shared with others (the network sees most rigs): {}",
-                pl.col("linked_subscribers").list.join(", "),
-                pl.col("absence_llr").round(2),
-            )
+    # Sessions on shared addresses only (counted as one of n) do not lift the absence term.
+    shared_only = pl.col("n_sessions").is_not_null()
+    absent_txt = pl.when(pl.col("absence_llr") < 0).then(
+        pl.format(
+            "no mining session {} {}{} in the period{} (the network sees most rigs): {}",
+            pl.when(shared_only).then(pl.lit("of")).otherwise(pl.lit("seen on the lines of")),
+            pl.col("linked_subscribers").list.join(", "),
+            pl.when(shared_only).then(pl.lit(" alone")).otherwise(pl.lit("")),
+            pl.when(shared_only)
+            .then(pl.lit(", only sessions on addresses shared with others"))
+            .otherwise(pl.lit("")),
+            pl.col("absence_llr").round(2),
         )
     )
     s = s.with_columns(
