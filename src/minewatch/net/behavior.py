@@ -200,32 +200,52 @@ def eligible_mask(
 # --------------------------------------------------------------------------- running totals
 
 
-def orient(flows: pa.Table | pa.RecordBatch | pl.DataFrame) -> pl.DataFrame:
-    """TCP records with the client as ``src``, times in seconds (``t0``, ``t1``) and
-    microseconds (``t0_us``, ``t1_us``).
+def _src_is_client() -> pl.Expr:
+    """Whether a FLOWS record's ``src`` is the client: a record that carries both directions
+    keeps its orientation (its ``src`` started the connection); a one-way record is oriented
+    by port (the higher port is the client; the same port both ends: the greater address)."""
+    two_way = ((pl.col("packets_down") > 0) | (pl.col("bytes_down") > 0)).fill_null(False)
+    sp, dp = pl.col("src_port").fill_null(0), pl.col("dst_port").fill_null(0)
+    tie = (sp == dp) & (pl.col("src_ip") >= pl.col("dst_ip")).fill_null(False)
+    return two_way | (sp > dp) | tie
 
-    A record that carries both directions keeps its orientation (its ``src`` started the
-    connection). A one-way record (``packets_down == 0``) is oriented by port: the side with
-    the higher port is the client; its counts become ``up`` or ``down`` accordingly. Records
-    from sampled exports are scaled up by their sampling rate.
-    """
-    df = _to_frame(flows)
-    df = df.filter(pl.col("proto") == 6)
-    two_way = (pl.col("packets_down") > 0) | (pl.col("bytes_down") > 0)
-    src_client = (
-        two_way
-        | (pl.col("src_port") > pl.col("dst_port"))
-        | ((pl.col("src_port") == pl.col("dst_port")) & (pl.col("src_ip") >= pl.col("dst_ip")))
+
+def _times_us() -> tuple[pl.Expr, pl.Expr]:
+    """A record's start and end in integer microseconds (either stands in for the other)."""
+    return (
+        pl.coalesce("ts_start", "ts_end").dt.epoch("us"),
+        pl.coalesce("ts_end", "ts_start").dt.epoch("us"),
     )
-    sc = pl.col("_sc")
+
+
+def _client_counts(sc: pl.Expr) -> dict[str, pl.Expr]:
+    """Packets and bytes up (client to server) and down, by ``sc`` (:func:`_src_is_client`),
+    scaled up by the record's sampling rate."""
     scale = pl.col("sampling").fill_null(1).clip(1, None).cast(pl.Int64)
-    t0 = pl.coalesce("ts_start", "ts_end").dt.epoch("us")
-    t1 = pl.coalesce("ts_end", "ts_start").dt.epoch("us")
+
+    def pick(a: str, b: str) -> pl.Expr:
+        return pl.when(sc).then(pl.col(a)).otherwise(pl.col(b)).fill_null(0) * scale
+
+    return {
+        "packets_up": pick("packets_up", "packets_down"),
+        "packets_down": pick("packets_down", "packets_up"),
+        "bytes_up": pick("bytes_up", "bytes_down"),
+        "bytes_down": pick("bytes_down", "bytes_up"),
+    }
+
+
+def orient(flows: pa.Table | pa.RecordBatch | pl.DataFrame) -> pl.DataFrame:
+    """TCP records with the client (:func:`_src_is_client`) as ``src``, times in seconds
+    (``t0``, ``t1``) and microseconds (``t0_us``, ``t1_us``), counts up and down scaled by
+    the sampling rate."""
+    sc = pl.col("_sc")
+    t0, t1 = _times_us()
 
     def pick(a: str, b: str) -> pl.Expr:
         return pl.when(sc).then(pl.col(a)).otherwise(pl.col(b))
 
-    return df.with_columns(_sc=src_client).select(
+    df = _to_frame(flows).filter(pl.col("proto") == 6)
+    return df.with_columns(_sc=_src_is_client()).select(
         src_ip=pick("src_ip", "dst_ip"),
         src_port=pick("src_port", "dst_port"),
         dst_ip=pick("dst_ip", "src_ip"),
@@ -235,10 +255,7 @@ def orient(flows: pa.Table | pa.RecordBatch | pl.DataFrame) -> pl.DataFrame:
         t1_us=t1,
         t0=t0 / 1e6,
         t1=t1 / 1e6,
-        packets_up=pick("packets_up", "packets_down").fill_null(0) * scale,
-        packets_down=pick("packets_down", "packets_up").fill_null(0) * scale,
-        bytes_up=pick("bytes_up", "bytes_down").fill_null(0) * scale,
-        bytes_down=pick("bytes_down", "bytes_up").fill_null(0) * scale,
+        **_client_counts(sc),
         sni=pl.col("sni"),
     )
 
@@ -668,20 +685,13 @@ def _hot(flows: pl.DataFrame | pl.LazyFrame) -> _Hot:
     address strings are hashed but never copied."""
     lf = flows.lazy()
     names = lf.collect_schema().names()
-    scale = pl.col("sampling").fill_null(1).clip(1, None).cast(pl.Int64)
-    two_way = ((pl.col("packets_down") > 0) | (pl.col("bytes_down") > 0)).fill_null(False)
-    sp, dp = pl.col("src_port").fill_null(0), pl.col("dst_port").fill_null(0)
-    # Same port both ends on a one-way record: the greater address is the client.
-    tie = (sp == dp) & (pl.col("src_ip") >= pl.col("dst_ip")).fill_null(False)
     sc = pl.col("_sc")
-
-    def pick(a: str, b: str) -> pl.Expr:
-        return pl.when(sc).then(pl.col(a)).otherwise(pl.col(b)).fill_null(0) * scale
-
+    t0, t1 = _times_us()
+    counts = _client_counts(sc)
     frame = (
         lf.with_row_index("row")
         .filter(pl.col("proto") == 6)
-        .with_columns(_sc=two_way | (sp > dp) | tie)
+        .with_columns(_sc=_src_is_client())
         .select(
             "row",
             "_sc",
@@ -692,27 +702,19 @@ def _hot(flows: pl.DataFrame | pl.LazyFrame) -> _Hot:
             "sni",
             *(c for c in _PACKET_COLS if c in names),
             _cid=_conn_id(sc),
-            _t0=pl.coalesce("ts_start", "ts_end").dt.epoch("us"),
-            _t1=pl.coalesce("ts_end", "ts_start").dt.epoch("us"),
-            _pu=pick("packets_up", "packets_down"),
-            _pd=pick("packets_down", "packets_up"),
-            _bu=pick("bytes_up", "bytes_down"),
-            _bd=pick("bytes_down", "bytes_up"),
+            _t0=t0,
+            _t1=t1,
+            **{f"_{k}": v for k, v in counts.items()},
         )
         .filter(
-            (pl.col("_pu").sum().over("_cid") >= MIN_PACKETS)
-            & (pl.col("_pd").sum().over("_cid") >= MIN_PACKETS)
+            (pl.col("_packets_up").sum().over("_cid") >= MIN_PACKETS)
+            & (pl.col("_packets_down").sum().over("_cid") >= MIN_PACKETS)
         )
         .collect()
     )
-
-    def col(c: str) -> np.ndarray:
-        return frame[c].to_numpy()
-
-    run = _running(
-        col("_cid"), col("_t0"), col("_t1"), *(col(c) for c in ("_pu", "_pd", "_bu", "_bd"))
-    )
-    return _Hot(frame.drop("_cid", "_t0", "_t1", "_pu", "_pd", "_bu", "_bd"), run)
+    hot = ["_cid", "_t0", "_t1", *(f"_{k}" for k in counts)]
+    run = _running(*(frame[c].to_numpy() for c in hot))
+    return _Hot(frame.drop(hot), run)
 
 
 def _segment_rows(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
