@@ -1237,7 +1237,6 @@ def read_flow_inputs(sources: list[str] | list[Path], quarantine: Any = None) ->
     from minewatch.schema import DNS, FLOWS
     from minewatch.sources import flowstore
 
-    target = pl.from_arrow(FLOWS.empty_table()).schema  # type: ignore[union-attr]
     flows: list[pl.LazyFrame] = []
     dns: list[pa.Table] = []
     seen: list[dict[str, Any]] = []
@@ -1266,8 +1265,7 @@ def read_flow_inputs(sources: list[str] | list[Path], quarantine: Any = None) ->
                     path=f,
                     hint="give a flow store written by `minewatch flows ingest`",
                 )
-            scan = pl.scan_parquet(f).select(pl.col(c).cast(t) for c, t in target.items())
-            flows.append(scan)
+            flows.append(flowstore.scan_flow_files([f]))
             seen.append({"source": str(f), "format": "parquet", "flows": meta.num_rows})
         else:
             by_format.setdefault(flowstore.detect_format(f), []).append(f)
@@ -1277,7 +1275,7 @@ def read_flow_inputs(sources: list[str] | list[Path], quarantine: Any = None) ->
         dns.append(res.dns)
         seen.append({"source": [str(p) for p in paths], **res.summary()})
     return FlowInputs(
-        flows=pl.concat(flows, how="vertical") if flows else _to_frame(FLOWS.empty_table()).lazy(),
+        flows=pl.concat(flows, how="vertical") if flows else flowstore.scan_flow_files([]),
         dns=pa.concat_tables(dns) if dns else DNS.empty_table(),
         sources=seen,
     )

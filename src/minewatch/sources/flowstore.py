@@ -293,17 +293,21 @@ def read_flows(
     return d.to_table(columns=FLOWS.names, filter=flt).cast(FLOWS)
 
 
-def scan_flows(root: str | Path) -> tuple[pl.LazyFrame, int]:
-    """All FLOWS rows of a store as a lazy Polars scan (nothing is read until it is
-    collected, and then only the columns and rows a query needs), and their count from the
-    files' footers."""
-    files = sorted((Path(root) / "flows").rglob("*.parquet"))
+def scan_flow_files(files: Sequence[Path]) -> pl.LazyFrame:
+    """Parquet files holding the FLOWS columns as one lazy Polars scan, cast to FLOWS
+    (nothing is read until it is collected, and then only what a query needs)."""
     target = pl.from_arrow(FLOWS.empty_table()).schema  # type: ignore[union-attr]
     if not files:
-        return pl.LazyFrame(schema=target), 0
-    rows = sum(pq.read_metadata(f).num_rows for f in files)
-    scan = pl.scan_parquet(files, hive_partitioning=False)
-    return scan.select(pl.col(c).cast(t) for c, t in target.items()), rows
+        return pl.LazyFrame(schema=target)
+    scan = pl.scan_parquet(list(files), hive_partitioning=False)
+    return scan.select(pl.col(c).cast(t) for c, t in target.items())
+
+
+def scan_flows(root: str | Path) -> tuple[pl.LazyFrame, int]:
+    """All FLOWS rows of a store as a lazy scan (:func:`scan_flow_files`), and their count
+    from the files' footers."""
+    files = sorted((Path(root) / "flows").rglob("*.parquet"))
+    return scan_flow_files(files), sum(pq.read_metadata(f).num_rows for f in files)
 
 
 def read_dns(root: str | Path) -> pa.Table:
