@@ -439,7 +439,15 @@ def _collect(
 def _lab_pool(
     port: int = typer.Option(3333, "--port", help="TCP port on the bind address (0: any free)."),
     difficulty: float = typer.Option(10000, "--difficulty", help="Fixed share difficulty."),
-    job_interval: float = typer.Option(30.0, "--job-interval", help="Seconds between jobs."),
+    job_interval: float = typer.Option(
+        30.0, "--job-interval", help="Seconds between jobs (the mean, with --job-schedule blocks)."
+    ),
+    job_schedule: str = typer.Option(
+        "timer",
+        "--job-schedule",
+        help="timer: a job every --job-interval s; blocks: exponential gaps, as real pools.",
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Reproducible block gaps."),
     tls: bool = typer.Option(False, "--tls", help="TLS with a self-signed certificate."),
     dialect: str = typer.Option("cryptonote", "--dialect", help="cryptonote or stratum1."),
     nicehash: bool = typer.Option(False, "--nicehash", help="Fixed nonce byte per connection."),
@@ -457,6 +465,8 @@ def _lab_pool(
             dialect=dialect,  # type: ignore[arg-type]
             difficulty=difficulty,
             job_interval=job_interval,
+            job_schedule=job_schedule,  # type: ignore[arg-type]
+            seed=seed,
             tls=tls,
             nicehash=nicehash,
         )

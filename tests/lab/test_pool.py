@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import socket
 import ssl
+import statistics
 import struct
 import time
 from typing import Any
@@ -17,6 +19,7 @@ from minewatch.lab.pool import (
     PoolConfig,
     PoolThread,
     difficulty_from_target,
+    job_gaps,
     monero_hashing_blob,
     require_loopback,
     seed_height,
@@ -221,6 +224,37 @@ def test_cryptonote_pushes_jobs_at_the_interval() -> None:
     assert all(m["params"]["target"] == target_from_difficulty(500) for m in pushed)
     heights = [first["height"], *(m["params"]["height"] for m in pushed)]
     assert heights == sorted(heights)
+
+
+def test_job_gaps_timer_and_blocks() -> None:
+    timer = list(itertools.islice(job_gaps(PoolConfig(job_interval=7.0)), 5))
+    assert timer == [7.0] * 5
+    blocks = PoolConfig(job_interval=7.0, job_schedule="blocks", seed=3)
+    gaps = list(itertools.islice(job_gaps(blocks, session=0), 4000))
+    # Exponential: mean close to the interval, spread about as large as the mean.
+    assert 6.5 < statistics.fmean(gaps) < 7.5
+    assert 0.9 < statistics.pstdev(gaps) / statistics.fmean(gaps) < 1.1
+    assert min(gaps) >= 0.05
+    # Reproducible per session number with a seed; other sessions get other gaps.
+    assert list(itertools.islice(job_gaps(blocks, session=0), 10)) == gaps[:10]
+    assert list(itertools.islice(job_gaps(blocks, session=1), 10)) != gaps[:10]
+    with pytest.raises(ValueError, match="job_schedule"):
+        PoolConfig(job_schedule="hourly")  # type: ignore[arg-type]
+
+
+def test_blocks_schedule_pushes_jobs_at_irregular_gaps() -> None:
+    config = PoolConfig(difficulty=500, job_interval=0.2, job_schedule="blocks", seed=11)
+    with PoolThread(config) as pool:
+        client = LineClient(pool)
+        login(client)
+        pushed = [client.read(timeout=5) for _ in range(12)]
+        client.close()
+        jobs = [j for j in pool.record.jobs if j.session_id == pool.record.logins[0].session_id]
+    assert all(m["method"] == "job" for m in pushed)
+    gaps = [b.ts - a.ts for a, b in itertools.pairwise(jobs)]
+    assert len(gaps) >= 12
+    # A timer would give gaps within a few ms of each other; blocks spread them out.
+    assert max(gaps) - min(gaps) > 0.15
 
 
 def test_nicehash_fixes_the_top_nonce_byte() -> None:

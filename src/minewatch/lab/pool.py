@@ -9,7 +9,9 @@ What it speaks
 *CryptoNote / XMRig* (``dialect="cryptonote"``): ``login`` is answered with a session id, a
 job ``{blob, job_id, target, algo, height, seed_hash}``, the pool's extensions and
 ``status: "OK"``; new jobs are pushed with the ``job`` method every ``job_interval``
-seconds; ``submit`` and ``keepalived`` are answered; ``getjob`` returns the current job.
+seconds (or, with ``job_schedule="blocks"``, at exponential gaps of that mean, as a real pool
+pushes when a block is found); ``submit`` and ``keepalived`` are answered; ``getjob``
+returns the current job.
 The job blob is a 76-byte Monero hashing blob (major/minor version, varint timestamp,
 previous block id, 4-byte nonce at offset 39, Merkle tree root, transaction count) and the
 seed hash a 32-byte value that stays fixed within a 2048-block RandomX epoch, so XMRig
@@ -41,8 +43,10 @@ import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
+import itertools
 import json
 import logging
+import random
 import secrets
 import ssl
 import struct
@@ -50,7 +54,7 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -59,6 +63,9 @@ log = logging.getLogger(__name__)
 
 Dialect = Literal["cryptonote", "stratum1"]
 DIALECTS: tuple[str, ...] = ("cryptonote", "stratum1")
+JobSchedule = Literal["timer", "blocks"]
+JOB_SCHEDULES: tuple[str, ...] = ("timer", "blocks")
+_MIN_JOB_GAP = 0.05  # seconds: two blocks closer than this are pushed as one job
 
 #: Lines longer than this are discarded (and recorded as bad input) without being parsed.
 DEFAULT_MAX_LINE_BYTES = 16 * 1024
@@ -243,7 +250,11 @@ class PoolConfig:
     ``difficulty`` is fixed for every session: an integer CryptoNote difficulty (the target
     sent is ``(2^32-1)//difficulty`` as 4 little-endian bytes) or a Stratum V1 share
     difficulty (diff 1 = 2^32 hashes). ``job_interval`` is the number of seconds between pushed
-    jobs. ``motd`` is sent as ``client.show_message`` to Stratum V1 clients after authorize.
+    jobs: exactly that with ``job_schedule="timer"``; with ``job_schedule="blocks"`` the gaps
+    are drawn from an exponential distribution of that mean, the way new blocks (and so new
+    jobs) arrive at a real pool. ``seed`` makes the block gaps reproducible: the *n*-th session
+    the pool opens gets the same gaps in every run (see :func:`job_gaps`). ``motd`` is sent
+    as ``client.show_message`` to Stratum V1 clients after authorize.
     """
 
     host: str = "127.0.0.1"
@@ -251,6 +262,8 @@ class PoolConfig:
     dialect: Dialect = "cryptonote"
     difficulty: float = 10_000
     job_interval: float = 30.0
+    job_schedule: JobSchedule = "timer"
+    seed: int | None = None
     tls: bool = False
     nicehash: bool = False
     algo: str = "rx/0"
@@ -267,6 +280,10 @@ class PoolConfig:
             raise ValueError(f"port must be 0..65535, not {self.port}")
         if self.job_interval <= 0:
             raise ValueError("job_interval must be positive")
+        if self.job_schedule not in JOB_SCHEDULES:
+            raise ValueError(
+                f"job_schedule must be one of {JOB_SCHEDULES}, not {self.job_schedule!r}"
+            )
         if self.dialect == "cryptonote":
             target_from_difficulty(int(self.difficulty))
         elif self.difficulty <= 0:
@@ -423,6 +440,26 @@ class PoolRecord:
         return work / elapsed
 
 
+# --------------------------------------------------------------------------- job timing
+
+
+def job_gaps(config: PoolConfig, session: int = 0) -> Iterator[float]:
+    """Seconds to wait before each job pushed to one session, endlessly.
+
+    ``timer``: ``job_interval`` every time. ``blocks``: exponential gaps of mean
+    ``job_interval`` (new blocks are a Poisson process), never shorter than 50 ms. With
+    ``config.seed`` set, session number ``session`` of a pool gets the same gaps in every run;
+    without it, fresh ones.
+    """
+    if config.job_schedule == "timer":
+        while True:
+            yield config.job_interval
+    rng = random.Random(None if config.seed is None else f"{config.seed}:{session}")
+    rate = 1.0 / config.job_interval
+    while True:
+        yield max(_MIN_JOB_GAP, rng.expovariate(rate))
+
+
 # --------------------------------------------------------------------------- sessions
 
 
@@ -443,6 +480,7 @@ class _Session(ABC):
         self.writer = writer
         self.peer = peer
         self.session_id = secrets.token_hex(8)
+        self.number = pool.session_number()
         self.job_task: asyncio.Task[None] | None = None
         self.closed = False
 
@@ -531,8 +569,10 @@ class _Session(ABC):
 
     async def push_jobs(self) -> None:
         try:
-            while not self.closed:
-                await asyncio.sleep(self.config.job_interval)
+            for gap in job_gaps(self.config, self.number):
+                await asyncio.sleep(gap)
+                if self.closed:
+                    return
                 await self.new_job()
         except asyncio.CancelledError:
             return
@@ -966,11 +1006,16 @@ class LabPool:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._height = self.config.start_height
         self._seed_cache: dict[int, str] = {}
+        self._sessions_opened = itertools.count()
 
     # -- chain-ish state shared by sessions
     def next_height(self) -> int:
         self._height += 1
         return self._height
+
+    def session_number(self) -> int:
+        """0 for the first session this pool opens, 1 for the next, and so on."""
+        return next(self._sessions_opened)
 
     def seed_hash(self, height: int) -> str:
         seed = seed_height(height)
@@ -1014,12 +1059,13 @@ class LabPool:
             self._handle, self.config.host, self.config.port, ssl=context, limit=2**20
         )
         log.info(
-            "lab pool (%s%s) listening on %s, difficulty %s, job interval %.1f s",
+            "lab pool (%s%s) listening on %s, difficulty %s, job interval %.1f s (%s)",
             self.config.dialect,
             ", TLS" if self.config.tls else "",
             self.url,
             self.config.difficulty,
             self.config.job_interval,
+            self.config.job_schedule,
         )
 
     async def stop(self) -> None:
