@@ -228,31 +228,25 @@ def _json_field(col: str, path: str, dtype: pl.DataType) -> pl.Expr:
     return pl.col(col).str.json_path_match(path).cast(dtype, strict=False)
 
 
-def _endpoint() -> pl.Expr:
-    """The far end ``dst_ip:dst_port`` of a session, null for a DNS server (a resolver is
-    everybody's far end, so it ties nothing together)."""
+def _endpoint(host: pl.Expr | None = None) -> pl.Expr:
+    """The far end ``host:dst_port`` of a session (``host`` defaults to ``dst_ip``), null for
+    a DNS server (a resolver is everybody's far end, so it ties nothing together)."""
+    host = pl.col("dst_ip") if host is None else host
     return pl.when(
-        pl.col("dst_ip").is_not_null()
-        & pl.col("dst_port").is_not_null()
-        & (pl.col("dst_port") != 53)
-    ).then(pl.format("{}:{}", pl.col("dst_ip"), pl.col("dst_port")))
+        host.is_not_null() & pl.col("dst_port").is_not_null() & (pl.col("dst_port") != 53)
+    ).then(pl.format("{}:{}", host, pl.col("dst_port")))
 
 
 def _far_end() -> pl.Expr:
-    """The far end for the recurrence term: the pool's host name and port when the detector
-    named one (a pool's name stays while DNS rotates its addresses), else
-    :func:`_endpoint`."""
-    host = pl.col("details").str.json_path_match("$.pool_host")
+    """The far end for the recurrence term: the pool's host name when the detector named one
+    (a pool's name stays while DNS rotates its addresses), else its address."""
+    name = pl.col("details").str.json_path_match("$.pool_host")
     named = (
-        host.is_not_null()
-        & (host != pl.col("dst_ip").fill_null(""))
-        & ~host.str.contains(r"^[0-9.]+$|:")
+        name.is_not_null()
+        & (name != pl.col("dst_ip").fill_null(""))
+        & ~name.str.contains(r"^[0-9.]+$|:")
     )
-    return (
-        pl.when(named & pl.col("dst_port").is_not_null() & (pl.col("dst_port") != 53))
-        .then(pl.format("{}:{}", host, pl.col("dst_port")))
-        .otherwise(_endpoint())
-    )
+    return _endpoint(pl.when(named).then(name).otherwise(pl.col("dst_ip")))
 
 
 def _identity(net: pl.DataFrame) -> pl.DataFrame:
