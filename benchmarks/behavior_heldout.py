@@ -23,7 +23,10 @@ Per family and path it prints connections, how many were detected within 10 minu
 connection's first packet, recall with a 95% Clopper-Pearson interval, false positives among
 benign long-lived connections (those the model scores at all: seen ≥ 50 s with ≥ 8 packets
 each way) with the 95% upper bound, and the median time to detection. Every benign detection
-is listed with its software, settings and reasons.
+is listed with its software, settings and reasons. Last comes the model's operating curve:
+per path and false-positive budget (0.05% to 5%), the log-odds threshold that keeps the
+benign long-lived connections within the budget and the TLS mining connections it finds
+within 10 minutes; it compares models, it does not pick a threshold.
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ def cmd_miners(args: argparse.Namespace) -> None:
         seed=args.seed,
         first_round=args.first_round,
         paced=args.paced,
+        job_schedule=args.job_schedule,
         on_round=report,
     )
 
@@ -160,15 +164,27 @@ def batch_flows(name: str, entries: list[dict[str, Any]], work: Path) -> dict[st
 
 
 def connections(flows: pl.DataFrame) -> pl.DataFrame:
-    """One row per TCP connection: client/server ports, first record, age, long-lived."""
-    from minewatch.net.behavior import CONN_KEY, connection_features, eligible
+    """One row per TCP connection: client/server ports, first record, age, long-lived, and
+    the model's highest log-odds over the whole connection and within its first 10 minutes
+    (for the operating curve; the detection paths only report connections over the
+    threshold, so every record is scored again here)."""
+    from minewatch.net.behavior import CONN_KEY, connection_features, default_model, eligible
 
     feats = connection_features(flows)
+    model = default_model()
+    ok = feats.select(eligible()).to_series().to_numpy()
+    logit = np.full(feats.height, -np.inf)
+    if ok.any():
+        x = feats.filter(pl.Series(ok)).select(model.features).to_numpy().astype(np.float64)
+        logit[ok] = model.logit(x)
+    feats = feats.with_columns(_logit=pl.Series(logit, dtype=pl.Float64))
     return feats.group_by(list(CONN_KEY)).agg(
         first_t=pl.col("first_t").min(),
         age_s=pl.col("age_s").max(),
         long_lived=eligible().any(),
         long_lived_10min=(eligible() & (pl.col("age_s") <= WITHIN_S)).any(),
+        max_logit=pl.col("_logit").max(),
+        max_logit_10min=pl.col("_logit").filter(pl.col("age_s") <= WITHIN_S).max(),
     )
 
 
@@ -239,6 +255,7 @@ def evaluate_batch(
                 "variant": [e.get("variant", e["family"]) for e in by_port.values()],
                 "accepted_shares": [e.get("accepted_shares") for e in by_port.values()],
                 "paced": [bool(e.get("paced", False)) for e in by_port.values()],
+                "job_schedule": [e.get("job_schedule", "timer") for e in by_port.values()],
                 "job_interval": [
                     (e.get("settings") or {}).get("job_interval") for e in by_port.values()
                 ],
@@ -306,6 +323,16 @@ def summary_rows(res: pl.DataFrame) -> list[dict[str, Any]]:
             ("all mining", m, b.head(0)),
             ("TLS mining, pool-paced difficulty", m.filter(tls & pl.col("paced")), b.head(0)),
             ("TLS mining, fixed difficulty", m.filter(tls & ~pl.col("paced")), b.head(0)),
+            (
+                "TLS mining, pool jobs on a timer",
+                m.filter(tls & (pl.col("job_schedule") == "timer")),
+                b.head(0),
+            ),
+            (
+                "TLS mining, pool jobs at block times",
+                m.filter(tls & (pl.col("job_schedule") == "blocks")),
+                b.head(0),
+            ),
             ("TLS mining, < 1 accepted share/min", m.filter(tls & (rate < 1)), b.head(0)),
             ("TLS mining, 1-10 shares/min", m.filter(tls & rate.is_between(1, 10)), b.head(0)),
             ("TLS mining, > 10 shares/min", m.filter(tls & (rate > 10)), b.head(0)),
@@ -346,6 +373,48 @@ def summary_rows(res: pl.DataFrame) -> list[dict[str, Any]]:
             if mm.height or bb.height:
                 rows.append(row)
     return rows
+
+
+FP_BUDGETS = (0.0005, 0.001, 0.005, 0.01, 0.02, 0.05)
+
+
+def operating_curve(res: pl.DataFrame) -> list[dict[str, Any]]:
+    """Per path: for each false-positive budget, the log-odds threshold that keeps benign
+    long-lived connections within it, and the TLS mining connections that threshold finds
+    within 10 minutes. For comparing models on held-out data, not for picking a threshold."""
+    tls_mining = res.filter(
+        (pl.col("label") == 1) & (pl.col("age_s") >= 60) & pl.col("family").str.contains("tls")
+    )
+    benign = res.filter((pl.col("label") == 0) & pl.col("long_lived"))
+    out: list[dict[str, Any]] = []
+    for path in sorted(set(res["path"])):
+        b = np.sort(benign.filter(pl.col("path") == path)["max_logit"].to_numpy())[::-1]
+        m = tls_mining.filter(pl.col("path") == path)["max_logit_10min"].fill_null(-np.inf)
+        if b.size == 0 or m.len() == 0:
+            continue
+        for budget in FP_BUDGETS:
+            allowed = int(np.floor(budget * b.size))
+            # Strictly above the (allowed+1)-th highest benign score: at most `allowed` FPs.
+            thr = float(b[allowed]) if allowed < b.size else -np.inf
+            fp = int((b > thr).sum())
+            found = int((m.to_numpy() > thr).sum())
+            out.append(
+                {"path": path, "budget": budget, "log_odds": thr, "benign": int(b.size),
+                 "fp": fp, "tls_mining": m.len(), "found_10min": found}
+            )  # fmt: skip
+    return out
+
+
+def print_curve(curve: list[dict[str, Any]]) -> None:
+    print("\noperating curve (threshold chosen on these benign connections, for comparison only):")
+    print("| path | FP budget | log-odds threshold | benign FP | TLS mining found ≤ 10 min |")
+    print("| --- | --- | --- | --- | --- |")
+    for c in curve:
+        print(
+            f"| {c['path']} | {_pct(c['budget'], 2)} | {c['log_odds']:.2f} | "
+            f"{c['fp']}/{c['benign']} | {c['found_10min']}/{c['tls_mining']} "
+            f"({_pct(c['found_10min'] / c['tls_mining'])}) |"
+        )
 
 
 def software_log(data: Path, batches: list[str]) -> pl.DataFrame:
@@ -479,6 +548,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, {len(batches)} batches\n"
     )
     print_table(rows)
+    curve = operating_curve(res)
+    print_curve(curve)
     mining = res.filter((pl.col("label") == 1) & (pl.col("age_s") >= 60))
     missed = mining.filter(~pl.col("detected_10min"))
     print(f"\nmissed mining connections (within 10 min): {missed.height}")
@@ -517,6 +588,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 "evaluated": started.isoformat(),
                 "load": load,
                 "rows": rows,
+                "operating_curve": curve,
                 "missed": missed.select("path", "variant", "accepted_shares", "age_s").to_dicts(),
                 "false_positives": fps.drop("settings").to_dicts(),
             },
@@ -550,6 +622,12 @@ def main() -> None:
         "--paced",
         action="store_true",
         help="difficulty from the expected hash rate and a 10-120 s share interval",
+    )
+    m.add_argument(
+        "--job-schedule",
+        choices=["timer", "blocks"],
+        default="timer",
+        help="pool job timing: a fixed timer, or exponential gaps as real pools (lab.pool)",
     )
     e = sub.add_parser("evaluate", help="run the shipped model over every held-out capture")
     e.add_argument("--paths", nargs="+", default=["pcap", "softflowd"])

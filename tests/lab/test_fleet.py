@@ -4,6 +4,7 @@ miner plans stay on their ports and off the training variants."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -63,6 +64,13 @@ def test_miner_plans_are_held_out_and_on_their_ports(tmp_path: Path) -> None:
     assert not any((s.difficulty, s.job_interval) in training for s in specs)
     assert not any(s.job_interval in {v.job_interval for w in MINER_VARIANTS for v in w}
                    for s in specs)  # fmt: skip
+    # The same round with irregular pool jobs: the same miners, only the timing differs.
+    blocks = plan_miners(4, 6, round_no=3, seed=1, job_schedule="blocks")
+    assert {s.job_schedule for s in specs} == {"timer"}
+    assert {s.job_schedule for s in blocks} == {"blocks"}
+    pairs = list(zip(specs, blocks, strict=True))
+    assert [replace(b, name=s.name, job_schedule="timer") for s, b in pairs] == specs
+    assert all(b.name == f"{s.name}-blocks" for s, b in pairs)
     launcher = idle_wrapper(tmp_path, Path("/opt/xmrig"))
     text = launcher.read_text()
     assert 'exec nice -n 19 "/opt/xmrig" "$@"' in text

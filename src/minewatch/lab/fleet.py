@@ -61,6 +61,7 @@ import ssl
 import subprocess
 import threading
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -80,7 +81,7 @@ from minewatch.lab.behavior_data import (
     wait_port,
 )
 from minewatch.lab.capture import Capture
-from minewatch.lab.pool import make_self_signed_cert
+from minewatch.lab.pool import JobSchedule, make_self_signed_cert
 
 LOOPBACK = "127.0.0.1"
 #: Server ports of the benign fleet (one per family, from ``BENIGN_PORT_BASE`` up).
@@ -759,9 +760,11 @@ async def _fleet_main(
 @dataclass(frozen=True)
 class MinerSpec(MinerVariant):
     """One XMRig run of the fleet: a :class:`MinerVariant` (on a port of
-    :data:`MINER_PORTS`) with the algorithm it mines."""
+    :data:`MINER_PORTS`) with the algorithm it mines and its pool's job timing
+    (``"timer"`` or ``"blocks"``, see :func:`minewatch.lab.pool.job_gaps`)."""
 
     algo: str
+    job_schedule: JobSchedule = "timer"
 
 
 #: Algorithms XMRig mines that need little memory (RandomX needs ~260 MB per process).
@@ -797,12 +800,14 @@ def plan_miners(
     seed: int = 0,
     tls_share: float = 0.8,
     paced: bool = False,
+    job_schedule: JobSchedule = "timer",
 ) -> list[MinerSpec]:
     """A round of miners with seeded settings, on ports of :data:`MINER_PORTS`.
 
     Difficulties come from :data:`DIFFICULTIES`, or with ``paced`` from the expected hash
     rate and a target share interval (what a pool's variable difficulty does: the lab pool's
-    difficulty is fixed per run).
+    difficulty is fixed per run). ``job_schedule`` does not change the other draws, so a
+    round planned with ``"blocks"`` has the same miners as with ``"timer"``.
     """
     rng = random.Random(f"miners-{seed}-{round_no}")
     specs = []
@@ -822,7 +827,9 @@ def plan_miners(
             f"r{round_no}-{'tls' if tls else 'plain'}{port}-{tag}"
             f"{'-nh' if nicehash else ''}{'-k' if keepalive else ''}-d{diff}-j{job:g}"
         )
-        specs.append(MinerSpec(name, port, tls, nicehash, keepalive, diff, job, algo))
+        if job_schedule != "timer":
+            name += f"-{job_schedule}"
+        specs.append(MinerSpec(name, port, tls, nicehash, keepalive, diff, job, algo, job_schedule))
     return specs
 
 
@@ -855,6 +862,8 @@ def run_one_miner(
         duration=duration,
         difficulty=spec.difficulty,
         job_interval=spec.job_interval,
+        job_schedule=spec.job_schedule,
+        pool_seed=zlib.crc32(spec.name.encode()),
         port=spec.port,
         host=LOOPBACK,
         rig_id=spec.name[:16],
@@ -892,6 +901,7 @@ def run_miner_fleet(
     stagger_s: float = 2.0,
     xmrig: Path | None = None,
     paced: bool = False,
+    job_schedule: JobSchedule = "timer",
     on_round: Callable[[int, list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """``rounds`` rounds of ``n_randomx + n_light`` concurrent XMRig runs; the manifest."""
@@ -903,7 +913,7 @@ def run_miner_fleet(
     launcher = idle_wrapper(out_dir, xmrig or find_xmrig())
     entries: list[dict[str, Any]] = []
     for r in range(first_round, first_round + rounds):
-        specs = plan_miners(n_randomx, n_light, r, seed, paced=paced)
+        specs = plan_miners(n_randomx, n_light, r, seed, paced=paced, job_schedule=job_schedule)
         round_entries: list[dict[str, Any]] = []
 
         def one(k: int, spec: MinerSpec) -> dict[str, Any]:
@@ -922,6 +932,7 @@ def run_miner_fleet(
         for e in round_entries:
             e["batch"] = f"miners-r{r}"
             e["paced"] = paced
+            e["job_schedule"] = job_schedule
         entries.extend(round_entries)
         manifest = out_dir / "manifest.json"
         old = json.loads(manifest.read_text()) if manifest.exists() else []

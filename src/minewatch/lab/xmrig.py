@@ -30,6 +30,7 @@ from pathlib import Path
 
 from minewatch.lab.capture import Capture, CaptureResult
 from minewatch.lab.pool import (
+    JobSchedule,
     LoginRecord,
     PoolConfig,
     PoolRecord,
@@ -327,6 +328,7 @@ class XmrigSession:
     keepalive: bool
     difficulty: float
     job_interval: float
+    job_schedule: str
     reported_hashrate_hs: float | None
     reported_window: str | None
     logins: list[LoginRecord]
@@ -347,6 +349,8 @@ def capture_xmrig_session(
     duration: float = 65.0,
     difficulty: int = 15,
     job_interval: float = 20.0,
+    job_schedule: JobSchedule = "timer",
+    pool_seed: int | None = None,
     port: int = 0,
     host: str = "127.0.0.1",
     rig_id: str | None = "rig01",
@@ -362,7 +366,8 @@ def capture_xmrig_session(
     The capture is ``out_dir/xmrig.pcap``; XMRig's log is ``out_dir/xmrig.log``. ``algo`` is
     the algorithm the pool's jobs ask for (XMRig follows it). ``binary`` may be a launcher
     that execs XMRig (such as :func:`minewatch.lab.fleet.idle_wrapper`'s nice 19 wrapper);
-    it gets the same fixed options and ``timeout`` bound as XMRig itself.
+    it gets the same fixed options and ``timeout`` bound as XMRig itself. ``job_schedule``
+    and ``pool_seed`` set the pool's job timing (:class:`~minewatch.lab.pool.PoolConfig`).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     exe = binary if binary is not None else find_xmrig()
@@ -372,6 +377,8 @@ def capture_xmrig_session(
         dialect="cryptonote",
         difficulty=difficulty,
         job_interval=job_interval,
+        job_schedule=job_schedule,
+        seed=pool_seed,
         tls=tls,
         nicehash=nicehash,
         algo=algo,
@@ -411,6 +418,7 @@ def capture_xmrig_session(
         keepalive=keepalive,
         difficulty=float(difficulty),
         job_interval=job_interval,
+        job_schedule=job_schedule,
         reported_hashrate_hs=reported[0] if reported else None,
         reported_window=reported[1] if reported else None,
         logins=pool.record.logins,
