@@ -23,7 +23,7 @@ FAMILIES = ("mqtt", "mqtt-tls", "redis", "websocket-tls", "http2", "electrum")
 
 
 def test_tiny_benign_fleet_captures_every_connection(tmp_path: Path) -> None:
-    plan = BenignPlan(connections=20, duration_s=10.0, ramp_s=2.0, seed=7, families=FAMILIES)
+    plan = BenignPlan(connections=20, duration_s=12.0, ramp_s=2.0, seed=7, families=FAMILIES)
     counts = plan.counts()
     assert sum(counts.values()) == 20
     entries = run_benign_fleet(tmp_path / "fleet", plan, port_base=21950)
@@ -46,9 +46,10 @@ def test_tiny_benign_fleet_captures_every_connection(tmp_path: Path) -> None:
             .agg(first=pl.col("ts_start").min(), last=pl.col("ts_end").max())
         )
         # Every planned client holds its connection until the end of the run (the launcher's
-        # readiness probes are the only short connections).
+        # readiness probes are the only short connections). The run's clock starts with the
+        # first client; on a loaded machine (CI) a client may take seconds to connect.
         held = conns.filter(
-            (pl.col("last") - pl.col("first")).dt.total_seconds() >= plan.duration_s / 2
+            (pl.col("last") - pl.col("first")).dt.total_seconds() >= plan.duration_s / 3
         )
         assert held.height == e["planned_connections"], e["family"]
         assert conns.height - held.height <= 2, e["family"]
@@ -64,13 +65,16 @@ def test_miner_plans_are_held_out_and_on_their_ports(tmp_path: Path) -> None:
     assert not any((s.difficulty, s.job_interval) in training for s in specs)
     assert not any(s.job_interval in {v.job_interval for w in MINER_VARIANTS for v in w}
                    for s in specs)  # fmt: skip
-    # The same round with irregular pool jobs: the same miners, only the timing differs.
+    # The same round with irregular pool jobs: the same miners, only the timing and the ports
+    # (so that both can run at once) differ.
     blocks = plan_miners(4, 6, round_no=3, seed=1, job_schedule="blocks")
     assert {s.job_schedule for s in specs} == {"timer"}
     assert {s.job_schedule for s in blocks} == {"blocks"}
     pairs = list(zip(specs, blocks, strict=True))
-    assert [replace(b, name=s.name, job_schedule="timer") for s, b in pairs] == specs
-    assert all(b.name == f"{s.name}-blocks" for s, b in pairs)
+    assert [replace(b, name=s.name, port=s.port, job_schedule="timer") for s, b in pairs] == specs
+    assert not {s.port for s in specs} & {b.port for b in blocks}
+    assert all(b.port in MINER_PORTS for b in blocks)
+    assert all(b.name.endswith("-blocks") for b in blocks)
     launcher = idle_wrapper(tmp_path, Path("/opt/xmrig"))
     text = launcher.read_text()
     assert 'exec nice -n 19 "/opt/xmrig" "$@"' in text

@@ -738,6 +738,9 @@ async def _fleet_main(
             if isinstance(r, BaseException):
                 run.failed("postgres", r)
 
+    # The run's clock starts with the clients, not before the servers: starting hypercorn
+    # and the TLS servers takes seconds on a loaded machine, and would shorten the run.
+    run.deadline = time.monotonic() + plan.duration_s
     pg = asyncio.create_task(pg_pools())
     for fam, i in jobs:
         tasks.append(asyncio.create_task(guarded(fam, i)))
@@ -807,11 +810,14 @@ def plan_miners(
     Difficulties come from :data:`DIFFICULTIES`, or with ``paced`` from the expected hash
     rate and a target share interval (what a pool's variable difficulty does: the lab pool's
     difficulty is fixed per run). ``job_schedule`` does not change the other draws, so a
-    round planned with ``"blocks"`` has the same miners as with ``"timer"``.
+    round planned with ``"blocks"`` has the same miners as with ``"timer"``, on other ports.
     """
     rng = random.Random(f"miners-{seed}-{round_no}")
     specs = []
-    offset = (round_no * 64) % (len(MINER_PORTS) - 64)
+    # Rounds with pool jobs at block times take the other half of the port range, so that a
+    # timer round and the same round at block times can run side by side.
+    half = len(MINER_PORTS) // 2
+    offset = (round_no * 64) % (half - 64) + (half if job_schedule == "blocks" else 0)
     for k in range(n_randomx + n_light):
         algo = "rx/0" if k < n_randomx else rng.choice(LIGHT_ALGOS)
         tls = rng.random() < tls_share
