@@ -90,8 +90,9 @@ def cmd_miners(args: argparse.Namespace) -> None:
             flush=True,
         )
 
+    # Rounds at block times go to their own folder: they can run beside the timer rounds.
     run_miner_fleet(
-        args.data / "miners",
+        args.data / ("miners" if args.job_schedule == "timer" else f"miners-{args.job_schedule}"),
         rounds=args.rounds,
         n_randomx=args.randomx,
         n_light=args.light,
@@ -113,8 +114,7 @@ def load_batches(data: Path) -> dict[str, list[dict[str, Any]]]:
     for m in sorted(data.glob("benign-*/manifest.json")):
         for e in json.loads(m.read_text()):
             batches.setdefault(m.parent.name, []).append(e)
-    mm = data / "miners" / "manifest.json"
-    if mm.exists():
+    for mm in sorted(data.glob("miners*/manifest.json")):
         for e in json.loads(mm.read_text()):
             if "error" in e:
                 print(f"skipping failed miner run {e}", file=sys.stderr)

@@ -936,7 +936,7 @@ def run_miner_fleet(
                         {"variant": s.name, "error": f"{type(exc).__name__}: {exc}"}
                     )
         for e in round_entries:
-            e["batch"] = f"miners-r{r}"
+            e["batch"] = f"miners-r{r}" + ("" if job_schedule == "timer" else f"-{job_schedule}")
             e["paced"] = paced
             e["job_schedule"] = job_schedule
         entries.extend(round_entries)
