@@ -43,7 +43,11 @@ def test_tiny_benign_fleet_captures_every_connection(tmp_path: Path) -> None:
         conns = (
             flows.with_columns(client=client.otherwise("dst_port"))
             .group_by("client")
-            .agg(first=pl.col("ts_start").min(), last=pl.col("ts_end").max())
+            .agg(
+                first=pl.col("ts_start").min(),
+                last=pl.col("ts_end").max(),
+                packets=(pl.col("packets_up") + pl.col("packets_down")).sum(),
+            )
         )
         # Every planned client holds its connection until the end of the run (the launcher's
         # readiness probes are the only short connections). The run's clock starts with the
@@ -52,7 +56,10 @@ def test_tiny_benign_fleet_captures_every_connection(tmp_path: Path) -> None:
             (pl.col("last") - pl.col("first")).dt.total_seconds() >= plan.duration_s / 3
         )
         assert held.height == e["planned_connections"], e["family"]
-        assert conns.height - held.height <= 2, e["family"]
+        # A readiness probe sent before the server listened is a SYN and a RST; the probes
+        # that got through are the only other short connections.
+        refused = conns.filter(pl.col("packets") <= 2)
+        assert conns.height - held.height - refused.height <= 2, e["family"]
 
 
 def test_miner_plans_are_held_out_and_on_their_ports(tmp_path: Path) -> None:

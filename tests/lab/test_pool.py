@@ -388,10 +388,12 @@ def test_stratum_v1_handshake_and_submits() -> None:
 def test_scripted_stratum_client_against_the_pool() -> None:
     with PoolThread(PoolConfig(dialect="stratum1", difficulty=4.0, job_interval=0.5)) as pool:
         result = run_stratum_client(
-            pool.host, pool.port, worker="w.r", shares_per_second=10.0, duration=1.0
+            pool.host, pool.port, worker="w.r", shares_per_second=10.0, duration=3.0
         )
         record = pool.record
-    assert result.submits_sent >= 9
+    # 3 s rather than 1 s: a stall of a few tenths of a second at either end (a loaded
+    # machine) would move the estimate of a 1 s run outside 30 %.
+    assert result.submits_sent >= 29
     assert result.accepted == result.submits_sent and result.rejected == 0
     assert result.difficulty == 4.0
     assert result.notifies >= 2

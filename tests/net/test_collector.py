@@ -26,6 +26,7 @@ import pyarrow as pa
 import pytest
 
 from minewatch.errors import Quarantine
+from minewatch.lab.capture import wait_udp
 from minewatch.net.collector import FlowCollector, parse_hostport, passthrough
 from minewatch.sources.flowstore import read_flows
 
@@ -138,9 +139,10 @@ def nfcapd_flows(datagrams: list[bytes], tmp: Path) -> int:
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(1.0)
+        wait_udp(port)
         send(port, datagrams)
-        time.sleep(1.0)
+        wait_udp(port, drained=True)
+        time.sleep(0.2)  # the last datagram read is written before SIGTERM is handled
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -279,7 +281,7 @@ def test_cli_collect_serves_metrics_and_writes_partitions(tmp_path: Path) -> Non
                 raise AssertionError(f"minewatch collect exited: {proc.communicate()[1][-2000:]}")
             try:
                 text = (
-                    urllib.request.urlopen(f"http://{HOST}:{mport}/metrics", timeout=2)
+                    urllib.request.urlopen(f"http://{HOST}:{mport}/metrics", timeout=10)
                     .read()
                     .decode()
                 )
@@ -289,9 +291,16 @@ def test_cli_collect_serves_metrics_and_writes_partitions(tmp_path: Path) -> Non
         assert "minewatch_collector_received_datagrams_total 0.0" in text
         softflowd(PCAPS[1], port, "10", tmp_path)
         send(port, [b"\x00\x0a\x00\x05garbage"])
-        time.sleep(1.5)
-        text = urllib.request.urlopen(f"http://{HOST}:{mport}/metrics", timeout=2).read().decode()
-        assert "minewatch_collector_decoded_flows_total 2.0" in text
+        # Flows are counted when the collector flushes (every 0.5 s): poll, do not guess.
+        want = "minewatch_collector_decoded_flows_total 2.0"
+        deadline = time.monotonic() + 30
+        while True:
+            url = f"http://{HOST}:{mport}/metrics"
+            text = urllib.request.urlopen(url, timeout=10).read().decode()
+            if want in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert want in text, text
     finally:
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=30)

@@ -50,7 +50,10 @@ def test_scripted_stratum_v1_session(stratum_v1_capture: StratumV1Session) -> No
     assert (r["wallet"], r["worker"], r["agent"]) == (cap.wallet, cap.worker, cap.agent)
     assert r["coin"] == "btc" and r["algo"] == "sha256d"
     assert r["shares"]["accepted"] == len(cap.submits)
-    assert r["hashrate_hs"] == pytest.approx(cap.implied_hashrate_hs, rel=0.15)
+    # The scanner reconstructs from the capture what the pool saw (same shares, same times to
+    # the millisecond); the scripted rate is a schedule a loaded machine may stretch.
+    assert r["hashrate_hs"] == pytest.approx(cap.record.hashrate_estimate(), rel=0.02)
+    assert r["hashrate_hs"] == pytest.approx(cap.implied_hashrate_hs, rel=0.3)
 
 
 def test_live_pipe_reports_while_the_session_runs() -> None:
@@ -81,7 +84,7 @@ def test_live_pipe_reports_while_the_session_runs() -> None:
                         pool.port,
                         worker="bc1qlive.rig9",
                         shares_per_second=2.0,
-                        duration=8.0,
+                        duration=20.0,
                     ),
                     done.set(),
                 )
@@ -99,6 +102,7 @@ def test_live_pipe_reports_while_the_session_runs() -> None:
         out, _ = scan.communicate(timeout=30)
     last = json.loads(out.splitlines()[-1])
     assert last["final"] is True and last["session_id"] == first["session_id"]
+    assert first["shares"]["accepted"] < last["shares"]["accepted"]  # reported mid-session
     assert last["shares"]["accepted"] >= 10
 
 

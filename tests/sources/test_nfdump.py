@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from minewatch.errors import InputError, Quarantine
+from minewatch.lab.capture import wait_udp
 from minewatch.schema import FLOWS
 from minewatch.sources.nfdump import read_nfdump, run_nfdump
 
@@ -34,7 +35,7 @@ def nfcapd_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(1.0)
+        wait_udp(port)
         subprocess.run(
             [
                 "softflowd",
@@ -55,7 +56,8 @@ def nfcapd_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
             timeout=60,
             check=True,
         )
-        time.sleep(1.0)
+        wait_udp(port, drained=True)
+        time.sleep(0.2)  # the last datagram read is written before SIGTERM is handled
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)

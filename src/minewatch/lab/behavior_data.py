@@ -53,6 +53,7 @@ from minewatch.lab.pool import make_self_signed_cert, require_loopback
 LOOPBACK = "127.0.0.1"
 #: Seconds without a datagram after which a softflowd replaying a file is done.
 SOFTFLOWD_QUIET_S = 1.5
+SOFTFLOWD_START_S = 30.0  # at most this long for the first datagram of a replay
 
 
 # --------------------------------------------------------------------------- miners
@@ -767,8 +768,11 @@ def softflowd_datagrams(pcap: Path, *options: str) -> list[bytes]:
     cmd = [exe, "-d", "-r", str(pcap), "-n", f"{LOOPBACK}:{port}", "-p", str(pid), "-c", str(ctl)]
     proc = subprocess.Popen([*cmd, *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # softflowd usually exits at the end of the file, but sometimes stays blocked on its
-    # control socket after exporting everything: stop waiting after a quiet spell.
-    quiet_since = time.monotonic()
+    # control socket after exporting everything: stop waiting after a quiet spell. The spell
+    # counts from the first datagram: before it, softflowd may still be reading the file (a
+    # loaded machine, a large capture), so wait for it up to SOFTFLOWD_START_S.
+    started = time.monotonic()
+    quiet_since: float | None = None
     try:
         while True:
             try:
@@ -776,7 +780,12 @@ def softflowd_datagrams(pcap: Path, *options: str) -> list[bytes]:
                 chunks.append(data)
                 quiet_since = time.monotonic()
             except TimeoutError:
-                if proc.poll() is not None or time.monotonic() - quiet_since > SOFTFLOWD_QUIET_S:
+                now = time.monotonic()
+                if (
+                    proc.poll() is not None
+                    or now - started > SOFTFLOWD_START_S
+                    or (quiet_since is not None and now - quiet_since > SOFTFLOWD_QUIET_S)
+                ):
                     break
     finally:
         if proc.poll() is None:

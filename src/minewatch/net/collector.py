@@ -385,6 +385,9 @@ def serve(
 
     # The receiver thread needs the GIL back quickly after each datagram; the default 5 ms
     # switch interval lets a decoding batch keep it long enough to overflow a small buffer.
+    # Restored on return: a caller in the same process (a test, an embedding service) keeps
+    # its own.
+    switch = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)
 
     async def main() -> None:
@@ -403,5 +406,8 @@ def serve(
             on_ready(info)
         await collector.run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        sys.setswitchinterval(switch)
     return collector.counters()
