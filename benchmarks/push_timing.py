@@ -1,0 +1,257 @@
+"""Exploratory: does the timing of server pushes separate mining from benign long-lived
+traffic once the pool's job timing is realistic?
+
+    python benchmarks/push_timing.py [--data .cache/heldout] [--minutes 10] [--json out.json]
+
+Reads the captures of ``benchmarks/behavior_heldout.py`` (benign fleet runs and miner rounds,
+on the timer and at block times) packet by packet with minewatch's own decoder and computes,
+per TCP connection over its first ``--minutes`` of observation:
+
+- **server messages**: runs of server→client payload packets with no client payload between
+  them and less than 50 ms apart (a message split over TLS records or TCP segments is one);
+- **pushes**: server messages that do not start within 1 s after a client payload packet,
+  i.e. not a reply to a request (a pool's job notification, a broker's published message, a
+  wallet's header notification, a keepalive probe from the server);
+- ``push_share``: pushes / server messages; ``pushes_per_min``; ``push_cv``: the coefficient
+  of variation of the gaps between pushes (0 for a clock, 1 for a Poisson process);
+- ``reply_share``: client payload packets answered by a server message within 1 s / client
+  payload packets (a request/response client: ≈ 1);
+- ``client_cv``: the coefficient of variation of the gaps between client messages (shares
+  found at random: ≈ 1; a keepalive clock: ≈ 0).
+
+It prints the quantiles of each per group (XMRig TLS on the pool's timer, XMRig TLS at block
+times, each benign family) and, for a few single-feature rules, how many connections of each
+group they select. This is analysis for choosing features, not a detector: the captures it
+reads must not then be used as held-out data for a model built from what it shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from minewatch.net.decode import TCP, decode  # noqa: E402
+from minewatch.sources.pcap import ReadStats, read_batches  # noqa: E402
+
+DATA = ROOT / ".cache" / "heldout"
+MERGE_S = 0.05
+REPLY_S = 1.0
+
+
+def packets(pcap: Path, server_port: int) -> pl.DataFrame:
+    """Payload-carrying TCP packets of one capture: client port, time, direction, length."""
+    frames = []
+    for batch in read_batches(str(pcap), ReadStats(path=str(pcap))):
+        p = decode(batch)
+        sel = p.ok & (p.proto == TCP) & (p.pay_len > 0)
+        if not sel.any():
+            continue
+        up = p.dport[sel] == server_port
+        down = p.sport[sel] == server_port
+        keep = up | down
+        frames.append(
+            pl.DataFrame(
+                {
+                    "client": np.where(up, p.sport[sel], p.dport[sel])[keep],
+                    "ts": p.ts_us[sel][keep] / 1e6,
+                    "up": up[keep],
+                    "len": p.pay_len[sel][keep],
+                }
+            )
+        )
+    if not frames:
+        return pl.DataFrame(
+            schema={"client": pl.Int32, "ts": pl.Float64, "up": pl.Boolean, "len": pl.Int64}
+        )
+    return pl.concat(frames)
+
+
+def connection_stats(pk: pl.DataFrame, minutes: float) -> pl.DataFrame:
+    """One row per connection (client port) with the push statistics of its first minutes."""
+    pk = pk.sort("client", "ts")
+    pk = pk.with_columns(t0=pl.col("ts").min().over("client")).filter(
+        pl.col("ts") - pl.col("t0") <= minutes * 60
+    )
+    same = pl.col("client") == pl.col("client").shift(1)
+    # Last client payload time before each packet (same connection), carried forward.
+    pk = pk.with_columns(
+        last_up=pl.when(pl.col("up")).then(pl.col("ts")).forward_fill().over("client"),
+    ).with_columns(
+        prev_up=pl.when(same).then(pl.col("last_up").shift(1)),
+        prev_ts=pl.when(same).then(pl.col("ts").shift(1)),
+        prev_dir_up=pl.when(same).then(pl.col("up").shift(1)),
+    )
+    down = ~pl.col("up")
+    starts = down & (
+        pl.col("prev_ts").is_null()
+        | pl.col("prev_dir_up").fill_null(True)
+        | (pl.col("ts") - pl.col("prev_ts") > MERGE_S)
+    )
+    msgs = pk.filter(starts).with_columns(
+        push=pl.col("prev_up").is_null() | (pl.col("ts") - pl.col("prev_up") > REPLY_S)
+    )
+    pushes = msgs.filter(pl.col("push")).with_columns(
+        gap=pl.col("ts") - pl.col("ts").shift(1).over("client")
+    )
+    # Client messages (runs of client payload packets, as for the server) and their gaps.
+    up_starts = pl.col("up") & (
+        pl.col("prev_ts").is_null()
+        | ~pl.col("prev_dir_up").fill_null(False)
+        | (pl.col("ts") - pl.col("prev_ts") > MERGE_S)
+    )
+    up_gaps = (
+        pk.filter(up_starts)
+        .with_columns(gap=pl.col("ts") - pl.col("ts").shift(1).over("client"))
+        .group_by("client")
+        .agg(client_cv=pl.col("gap").std() / pl.col("gap").mean())
+    )
+    # A client payload answered by a server message within REPLY_S.
+    ups = pk.filter(pl.col("up")).select("client", "ts")
+    answered = (
+        ups.join_asof(
+            msgs.select("client", pl.col("ts").alias("reply_ts")).sort("reply_ts"),
+            left_on="ts",
+            right_on="reply_ts",
+            by="client",
+            strategy="forward",
+        )
+        .with_columns(ok=(pl.col("reply_ts") - pl.col("ts")) <= REPLY_S)
+        .group_by("client")
+        .agg(up_msgs=pl.len(), answered=pl.col("ok").fill_null(False).sum())
+    )
+    span = pk.group_by("client").agg(span_s=pl.col("ts").max() - pl.col("ts").min())
+    per_msg = msgs.group_by("client").agg(
+        server_msgs=pl.len(), pushes=pl.col("push").sum().cast(pl.Int64)
+    )
+    gaps = pushes.group_by("client").agg(
+        push_cv=pl.col("gap").std() / pl.col("gap").mean(), push_gaps=pl.col("gap").count()
+    )
+    return (
+        span.join(per_msg, on="client", how="left")
+        .join(gaps, on="client", how="left")
+        .join(answered, on="client", how="left")
+        .join(up_gaps, on="client", how="left")
+        .with_columns(
+            push_share=pl.col("pushes") / pl.col("server_msgs"),
+            pushes_per_min=pl.col("pushes") / (pl.col("span_s") / 60),
+            reply_share=pl.col("answered") / pl.col("up_msgs"),
+        )
+    )
+
+
+def _roles(run: Path, family: str) -> pl.DataFrame | None:
+    """Client port → role (pooled, subscriber, publisher, ...) from a benign fleet's log."""
+    log = run / "connections.jsonl"
+    if not log.exists():
+        return None
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    pairs = {
+        int(r["client_port"]): r["kind"]
+        for r in rows
+        if r["family"] == family and r["client_port"] is not None and r["kind"] is not None
+    }
+    if not pairs:
+        return None
+    return pl.DataFrame(
+        {"client": list(pairs), "kind": list(pairs.values())},
+        schema={"client": pl.Int32, "kind": pl.Utf8},
+    )
+
+
+def load(data: Path, minutes: float) -> pl.DataFrame:
+    rows = []
+    for manifest in sorted(data.glob("*/manifest.json")):
+        for e in json.loads(manifest.read_text()):
+            if "error" in e or "pcap" not in e:
+                continue
+            pk = packets(Path(e["pcap"]), int(e["server_port"]))
+            st = connection_stats(pk, minutes)
+            if e["label"] == 1:
+                sched = e.get("job_schedule", "timer")
+                tls = "tls" if e["family"].startswith("xmrig-tls") else "plain"
+                group = f"xmrig-{tls} ({sched})"
+            else:
+                group = e["family"]
+            st = st.with_columns(group=pl.lit(group), label=pl.lit(int(e["label"])))
+            roles = _roles(manifest.parent, e["family"])
+            if roles is not None:
+                st = (
+                    st.join(roles, on="client", how="left")
+                    .with_columns(group=pl.format("{} {}", "group", pl.col("kind").fill_null("")))
+                    .drop("kind")
+                )
+            rows.append(st)
+            print(f"{e['pcap']}: {st.height} connections", file=sys.stderr, flush=True)
+    return pl.concat(rows, how="diagonal_relaxed")
+
+
+RULES: dict[str, pl.Expr] = {
+    "push_cv < 0.3": pl.col("push_cv") < 0.3,
+    "push_cv 0.6-1.6 and push_share > 0.5": pl.col("push_cv").is_between(0.6, 1.6)
+    & (pl.col("push_share") > 0.5),
+    "push_share > 0.3 and reply_share > 0.9": (pl.col("push_share") > 0.3)
+    & (pl.col("reply_share") > 0.9),
+    "pushes ≥ 0.1/min, reply_share ≥ 0.9, client_cv 0.6-1.6": (pl.col("pushes_per_min") >= 0.1)
+    & (pl.col("reply_share") >= 0.9)
+    & pl.col("client_cv").is_between(0.6, 1.6),
+}
+
+
+def report(conns: pl.DataFrame) -> dict[str, Any]:
+    # Long-lived connections only: seen for 5 minutes or more, with some server messages.
+    c = conns.filter((pl.col("span_s") >= 300) & (pl.col("server_msgs") >= 3))
+    feats = ["pushes_per_min", "push_share", "push_cv", "reply_share", "client_cv"]
+    quant = (
+        c.group_by("group")
+        .agg(
+            n=pl.len(),
+            **{f"{f}_{q}": pl.col(f).quantile(q / 100) for f in feats for q in (10, 50, 90)},
+        )
+        .sort("group")
+    )
+    print("| group | connections | " + " | ".join(f"{f} p10 / p50 / p90" for f in feats) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in feats) + " |")
+    for r in quant.iter_rows(named=True):  # a report, a few rows
+        cells = [
+            " / ".join(
+                "" if r[f"{f}_{q}"] is None else f"{r[f'{f}_{q}']:.2f}" for q in (10, 50, 90)
+            )
+            for f in feats
+        ]
+        print(f"| {r['group']} | {r['n']} | " + " | ".join(cells) + " |")
+    rules = (
+        c.group_by("group")
+        .agg(n=pl.len(), **{name: rule.fill_null(False).sum() for name, rule in RULES.items()})
+        .sort("group")
+    )
+    print("\nconnections each rule selects:")
+    print("| group | connections | " + " | ".join(RULES) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in RULES) + " |")
+    for r in rules.iter_rows(named=True):  # a report, a few rows
+        print(f"| {r['group']} | {r['n']} | " + " | ".join(str(r[k]) for k in RULES) + " |")
+    return {"quantiles": quant.to_dicts(), "rules": rules.to_dicts()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    conns = load(args.data, args.minutes)
+    out = report(conns)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
