@@ -2,6 +2,7 @@
 traffic once the pool's job timing is realistic?
 
     python benchmarks/push_timing.py [--data .cache/heldout] [--minutes 10] [--json out.json]
+        [--model-results .cache/heldout/results-worktree.parquet]
 
 Reads the captures of ``benchmarks/behavior_heldout.py`` (benign fleet runs and miner rounds,
 on the timer and at block times) packet by packet with minewatch's own decoder and computes,
@@ -181,7 +182,11 @@ def load(data: Path, minutes: float) -> pl.DataFrame:
                 group = f"xmrig-{tls} ({sched})"
             else:
                 group = e["family"]
-            st = st.with_columns(group=pl.lit(group), label=pl.lit(int(e["label"])))
+            st = st.with_columns(
+                group=pl.lit(group),
+                label=pl.lit(int(e["label"])),
+                server_port=pl.lit(int(e["server_port"])),
+            )
             roles = _roles(manifest.parent, e["family"])
             if roles is not None:
                 st = (
@@ -241,14 +246,59 @@ def report(conns: pl.DataFrame) -> dict[str, Any]:
     return {"quantiles": quant.to_dicts(), "rules": rules.to_dicts()}
 
 
+def with_model(conns: pl.DataFrame, results: Path) -> dict[str, Any]:
+    """Cross the rule with the behaviour model's packet-path detections of the same captures
+    (``behavior_heldout.py evaluate`` writes them to ``results-REV.parquet``)."""
+    rule_name = list(RULES)[-1]
+    det = (
+        pl.read_parquet(results)
+        .filter(pl.col("path") == "pcap")
+        .select(
+            pl.col("dst_port").cast(pl.Int64).alias("server_port"),
+            pl.col("src_port").cast(pl.Int64).alias("client"),
+            pl.col("detected_10min").fill_null(False).alias("model_10min"),
+            pl.col("detected").fill_null(False).alias("model"),
+            pl.col("long_lived").fill_null(False),
+        )
+    )
+    c = conns.with_columns(pl.col("client").cast(pl.Int64), pl.col("server_port").cast(pl.Int64))
+    c = c.join(det, on=["server_port", "client"], how="inner").filter(pl.col("long_lived"))
+    rule = RULES[rule_name].fill_null(False)
+    # Mining counts detections within 10 minutes, benign any detection (as behavior_heldout).
+    hit = pl.when(pl.col("label") == 1).then(pl.col("model_10min")).otherwise(pl.col("model"))
+    table = (
+        c.group_by("group")
+        .agg(
+            n=pl.len(),
+            model=hit.sum(),
+            rule=rule.sum(),
+            both=(hit & rule).sum(),
+        )
+        .sort("group")
+    )
+    print(f"\nthe model (packet path) and the rule '{rule_name}', long-lived connections:")
+    print("| group | connections | model | rule | model and rule |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in table.iter_rows(named=True):  # a report, a few rows
+        print(f"| {r['group']} | {r['n']} | {r['model']} | {r['rule']} | {r['both']} |")
+    return {"rule": rule_name, "table": table.to_dicts()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--model-results",
+        type=Path,
+        help="results-REV.parquet of behavior_heldout.py evaluate: cross the rule with the model",
+    )
     args = ap.parse_args()
     conns = load(args.data, args.minutes)
     out = report(conns)
+    if args.model_results:
+        out["with_model"] = with_model(conns, args.model_results)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str))
 
