@@ -116,7 +116,7 @@ def connection_stats(pk: pl.DataFrame, minutes: float) -> pl.DataFrame:
         .agg(client_cv=pl.col("gap").std() / pl.col("gap").mean())
     )
     # A client payload answered by a server message within REPLY_S.
-    ups = pk.filter(pl.col("up")).select("client", "ts")
+    ups = pk.filter(pl.col("up")).select("client", "ts").sort("ts")
     answered = (
         ups.join_asof(
             msgs.select("client", pl.col("ts").alias("reply_ts")).sort("reply_ts"),
@@ -124,6 +124,7 @@ def connection_stats(pk: pl.DataFrame, minutes: float) -> pl.DataFrame:
             right_on="reply_ts",
             by="client",
             strategy="forward",
+            check_sortedness=False,  # both sides are sorted by time, as join_asof needs
         )
         .with_columns(ok=(pl.col("reply_ts") - pl.col("ts")) <= REPLY_S)
         .group_by("client")
