@@ -78,7 +78,7 @@ def cmd_benign(args: argparse.Namespace) -> None:
 
 
 def cmd_miners(args: argparse.Namespace) -> None:
-    from minewatch.lab.fleet import run_miner_fleet
+    from minewatch.lab.fleet import run_miner_fleet, schedule_suffix
 
     def report(r: int, entries: list[dict[str, Any]]) -> None:
         ok = [e for e in entries if "error" not in e]
@@ -92,7 +92,7 @@ def cmd_miners(args: argparse.Namespace) -> None:
 
     # Rounds at block times go to their own folder: they can run beside the timer rounds.
     run_miner_fleet(
-        args.data / ("miners" if args.job_schedule == "timer" else f"miners-{args.job_schedule}"),
+        args.data / f"miners{schedule_suffix(args.job_schedule)}",
         rounds=args.rounds,
         n_randomx=args.randomx,
         n_light=args.light,
@@ -168,23 +168,16 @@ def connections(flows: pl.DataFrame) -> pl.DataFrame:
     the model's highest log-odds over the whole connection and within its first 10 minutes
     (for the operating curve; the detection paths only report connections over the
     threshold, so every record is scored again here)."""
-    from minewatch.net.behavior import CONN_KEY, connection_features, default_model, eligible
+    from minewatch.net.behavior import CONN_KEY, connection_features, eligible, score
 
-    feats = connection_features(flows)
-    model = default_model()
-    ok = feats.select(eligible()).to_series().to_numpy()
-    logit = np.full(feats.height, -np.inf)
-    if ok.any():
-        x = feats.filter(pl.Series(ok)).select(model.features).to_numpy().astype(np.float64)
-        logit[ok] = model.logit(x)
-    feats = feats.with_columns(_logit=pl.Series(logit, dtype=pl.Float64))
+    feats = score(connection_features(flows), log_odds=True)
     return feats.group_by(list(CONN_KEY)).agg(
         first_t=pl.col("first_t").min(),
         age_s=pl.col("age_s").max(),
         long_lived=eligible().any(),
         long_lived_10min=(eligible() & (pl.col("age_s") <= WITHIN_S)).any(),
-        max_logit=pl.col("_logit").max(),
-        max_logit_10min=pl.col("_logit").filter(pl.col("age_s") <= WITHIN_S).max(),
+        max_logit=pl.col("log_odds").max(),
+        max_logit_10min=pl.col("log_odds").filter(pl.col("age_s") <= WITHIN_S).max(),
     )
 
 

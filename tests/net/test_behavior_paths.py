@@ -150,3 +150,15 @@ def test_detect_reads_a_lazy_scan_like_a_frame(flows: pl.DataFrame, tmp_path: Pa
     eager = detect(flows, threshold=0.0)
     lazy = detect(pl.scan_parquet(path), threshold=0.0)
     assert eager and lazy == eager
+
+
+def test_score_log_odds_are_the_uncalibrated_scores(flows: pl.DataFrame) -> None:
+    m = default_model()
+    s = score(connection_features(flows), m, log_odds=True)
+    ok = s["log_odds"].is_finite()
+    assert ok.any() and not ok.all()
+    # Ineligible rows: −inf and no confidence; eligible ones: calibrated from the log-odds.
+    assert (s.filter(~ok)["confidence"] == 0).all()
+    e = s.filter(ok)
+    np.testing.assert_allclose(e["confidence"], m.calibrate(e["log_odds"].to_numpy()))
+    assert s.drop("log_odds").equals(score(connection_features(flows), m))

@@ -596,14 +596,23 @@ def default_model() -> BehaviorModel:
     return _DEFAULT_MODEL
 
 
-def score(feats: pl.DataFrame, model: BehaviorModel | None = None) -> pl.DataFrame:
-    """Add ``confidence`` (0 where not eligible) to a :func:`connection_features` frame."""
+def score(
+    feats: pl.DataFrame, model: BehaviorModel | None = None, *, log_odds: bool = False
+) -> pl.DataFrame:
+    """Add ``confidence`` (0 where not eligible) to a :func:`connection_features` frame; with
+    ``log_odds`` also the scorecard's uncalibrated ``log_odds`` (−inf where not eligible),
+    which orders rows without the calibration's ties (for operating curves)."""
     m = model if model is not None else default_model()
     ok = feats.select(eligible()).to_series().to_numpy()
-    conf = np.zeros(feats.height)
+    logit = np.full(feats.height, -np.inf)
     if ok.any():
-        conf[ok] = m.score_frame(feats.filter(pl.Series(ok)))
-    return feats.with_columns(confidence=pl.Series(conf, dtype=pl.Float64))
+        x = feats.filter(pl.Series(ok)).select(m.features).to_numpy().astype(np.float64)
+        logit[ok] = m.logit(x)
+    conf = np.where(ok, m.calibrate(logit), 0.0)
+    out = feats.with_columns(confidence=pl.Series(conf, dtype=pl.Float64))
+    if log_odds:
+        out = out.with_columns(log_odds=pl.Series(logit, dtype=pl.Float64))
+    return out
 
 
 def summarize(
