@@ -37,15 +37,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+# The held-out benchmark beside this file puts src/ on the path and reads its captures.
+from behavior_heldout import DATA, load_batches, software_log
 
-from minewatch.net.decode import TCP, decode  # noqa: E402
-from minewatch.sources.pcap import ReadStats, read_batches  # noqa: E402
+from minewatch.net.decode import TCP, decode
+from minewatch.net.flowagg import REPLY_GAP_S as REPLY_S
+from minewatch.sources.pcap import ReadStats, read_batches
 
-DATA = ROOT / ".cache" / "heldout"
 MERGE_S = 0.05
-REPLY_S = 1.0
 
 
 def packets(pcap: Path, server_port: int) -> pl.DataFrame:
@@ -150,51 +149,39 @@ def connection_stats(pk: pl.DataFrame, minutes: float) -> pl.DataFrame:
     )
 
 
-def _roles(run: Path, family: str) -> pl.DataFrame | None:
-    """Client port → role (pooled, subscriber, publisher, ...) from a benign fleet's log."""
-    log = run / "connections.jsonl"
-    if not log.exists():
-        return None
-    rows = [json.loads(line) for line in log.read_text().splitlines()]
-    pairs = {
-        int(r["client_port"]): r["kind"]
-        for r in rows
-        if r["family"] == family and r["client_port"] is not None and r["kind"] is not None
-    }
-    if not pairs:
-        return None
-    return pl.DataFrame(
-        {"client": list(pairs), "kind": list(pairs.values())},
-        schema={"client": pl.Int32, "kind": pl.Utf8},
-    )
-
-
 def load(data: Path, minutes: float) -> pl.DataFrame:
+    """Per-connection statistics of every capture of ``behavior_heldout.py``, grouped by
+    miner kind and job timing, or by benign family and the client's role."""
+    batches = load_batches(data)
+    roles = software_log(data, sorted(batches)).select(
+        "batch", "family", pl.col("client_port").alias("client"), "kind"
+    )
     rows = []
-    for manifest in sorted(data.glob("*/manifest.json")):
-        for e in json.loads(manifest.read_text()):
-            if "error" in e or "pcap" not in e:
-                continue
+    for batch, entries in sorted(batches.items()):
+        for e in entries:
             pk = packets(Path(e["pcap"]), int(e["server_port"]))
             st = connection_stats(pk, minutes)
             if e["label"] == 1:
-                sched = e.get("job_schedule", "timer")
                 tls = "tls" if e["family"].startswith("xmrig-tls") else "plain"
-                group = f"xmrig-{tls} ({sched})"
+                group = f"xmrig-{tls} ({e.get('job_schedule', 'timer')})"
             else:
                 group = e["family"]
-            st = st.with_columns(
-                group=pl.lit(group),
-                label=pl.lit(int(e["label"])),
-                server_port=pl.lit(int(e["server_port"])),
-            )
-            roles = _roles(manifest.parent, e["family"])
-            if roles is not None:
-                st = (
-                    st.join(roles, on="client", how="left")
-                    .with_columns(group=pl.format("{} {}", "group", pl.col("kind").fill_null("")))
-                    .drop("kind")
+            st = (
+                st.with_columns(
+                    pl.col("client").cast(pl.Int64),
+                    batch=pl.lit(batch),
+                    family=pl.lit(e["family"]),
+                    label=pl.lit(int(e["label"])),
+                    server_port=pl.lit(int(e["server_port"])),
                 )
+                .join(roles, on=["batch", "family", "client"], how="left")
+                .with_columns(
+                    group=pl.when(pl.col("kind").is_null())
+                    .then(pl.lit(group))
+                    .otherwise(pl.format("{} {}", pl.lit(group), "kind"))
+                )
+                .drop("kind")
+            )
             rows.append(st)
             print(f"{e['pcap']}: {st.height} connections", file=sys.stderr, flush=True)
     return pl.concat(rows, how="diagonal_relaxed")
@@ -262,7 +249,7 @@ def with_model(conns: pl.DataFrame, results: Path) -> dict[str, Any]:
             pl.col("long_lived").fill_null(False),
         )
     )
-    c = conns.with_columns(pl.col("client").cast(pl.Int64), pl.col("server_port").cast(pl.Int64))
+    c = conns.with_columns(pl.col("server_port").cast(pl.Int64))
     c = c.join(det, on=["server_port", "client"], how="inner").filter(pl.col("long_lived"))
     rule = RULES[rule_name].fill_null(False)
     # Mining counts detections within 10 minutes, benign any detection (as behavior_heldout).
