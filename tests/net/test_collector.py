@@ -27,7 +27,13 @@ import pytest
 
 from minewatch.errors import Quarantine
 from minewatch.lab.capture import wait_udp
-from minewatch.net.collector import FlowCollector, parse_hostport, passthrough
+from minewatch.net.collector import (
+    FlowCollector,
+    kernel_drops,
+    parse_hostport,
+    passthrough,
+    udp_sockets,
+)
 from minewatch.sources.flowstore import read_flows
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "pcap"
@@ -251,6 +257,25 @@ def test_detector_hook_prints_each_detection_as_a_json_line(tmp_path: Path) -> N
     assert out2.getvalue() == "" and run2.c.errors == 1 and run2.c.decoder.stats.flows_accepted == 2
 
 
+def metrics_until(proc: subprocess.Popen[str], mport: int, want: str, timeout: float = 30) -> str:
+    """Poll the collector's /metrics until it shows ``want`` (the server may still be starting;
+    a loaded machine may be slow): the text, or an assertion naming what was seen."""
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"minewatch collect exited: {proc.communicate()[1][-2000:]}")
+        try:
+            url = f"http://{HOST}:{mport}/metrics"
+            text = urllib.request.urlopen(url, timeout=10).read().decode()
+        except OSError:
+            text = ""
+        if want in text:
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"{want!r} not in /metrics after {timeout} s:\n{text}")
+
+
 def test_cli_collect_serves_metrics_and_writes_partitions(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((HOST, 0))
@@ -274,33 +299,11 @@ def test_cli_collect_serves_metrics_and_writes_partitions(tmp_path: Path) -> Non
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        text = ""
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"minewatch collect exited: {proc.communicate()[1][-2000:]}")
-            try:
-                text = (
-                    urllib.request.urlopen(f"http://{HOST}:{mport}/metrics", timeout=10)
-                    .read()
-                    .decode()
-                )
-                break
-            except OSError:
-                time.sleep(0.2)
-        assert "minewatch_collector_received_datagrams_total 0.0" in text
+        metrics_until(proc, mport, "minewatch_collector_received_datagrams_total 0.0")
         softflowd(PCAPS[1], port, "10", tmp_path)
         send(port, [b"\x00\x0a\x00\x05garbage"])
         # Flows are counted when the collector flushes (every 0.5 s): poll, do not guess.
-        want = "minewatch_collector_decoded_flows_total 2.0"
-        deadline = time.monotonic() + 30
-        while True:
-            url = f"http://{HOST}:{mport}/metrics"
-            text = urllib.request.urlopen(url, timeout=10).read().decode()
-            if want in text or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert want in text, text
+        metrics_until(proc, mport, "minewatch_collector_decoded_flows_total 2.0")
     finally:
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=30)
@@ -317,3 +320,20 @@ def test_parse_hostport() -> None:
     assert parse_hostport("[::1]:9995") == ("::1", 9995)
     assert parse_hostport(":4739") == ("127.0.0.1", 4739)
     assert parse_hostport("127.0.0.1") == ("127.0.0.1", 2055)
+
+
+def test_udp_socket_table_sees_binding_and_queue() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind((HOST, 0))
+        port = rx.getsockname()[1]
+        wait_udp(port, timeout=5)
+        send(port, [b"x" * 100])
+        (mine,) = [u for u in udp_sockets() if u.local == f"0100007F:{port:04X}"]
+        assert mine.rx_queue > 0 and mine.drops == 0
+        with pytest.raises(TimeoutError, match="drained"):
+            wait_udp(port, drained=True, timeout=0.2)
+        rx.recv(200)
+        wait_udp(port, drained=True, timeout=5)
+        assert kernel_drops(rx) == 0
+    with pytest.raises(TimeoutError, match="bound"):
+        wait_udp(port, timeout=0.2)

@@ -149,13 +149,13 @@ def wait_udp(port: int, *, drained: bool = False, timeout: float = 30.0) -> None
     """Wait until a UDP socket is bound to ``127.0.0.1:port`` (a collector such as ``nfcapd``
     is ready), or with ``drained`` until its receive queue is empty (it has read everything
     sent to it). Reads ``/proc/net/udp``, so it sends nothing; raises ``TimeoutError``."""
-    key = f"0100007F:{port:04X}"
+    from minewatch.net.collector import udp_sockets
+
+    local = f"0100007F:{port:04X}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[1] == key and (not drained or int(fields[4].split(":")[1], 16) == 0):
-                return
+        if any(u.local == local and (not drained or u.rx_queue == 0) for u in udp_sockets()):
+            return
         time.sleep(0.05)
     state = "drained" if drained else "bound"
     raise TimeoutError(f"no UDP socket {state} on 127.0.0.1:{port} after {timeout} s")

@@ -67,23 +67,39 @@ def parse_hostport(text: str, default_port: int = 2055) -> tuple[str, int]:
     return text, default_port
 
 
-def kernel_drops(sock: socket.socket) -> int:
-    """Datagrams the kernel dropped for this socket (``drops`` column of /proc/net/udp)."""
-    try:
-        inode = os.fstat(sock.fileno()).st_ino
-    except OSError:
-        return 0
+@dataclass(frozen=True)
+class UdpSocket:
+    """One row of ``/proc/net/udp`` (or ``udp6``): local address as the kernel writes it
+    (``0100007F:0801`` is 127.0.0.1:2049), bytes waiting to be read, inode, drops."""
+
+    local: str
+    rx_queue: int
+    inode: str
+    drops: int
+
+
+def udp_sockets() -> Iterator[UdpSocket]:
+    """The machine's UDP sockets, from ``/proc/net/udp`` and ``/proc/net/udp6``."""
     for name in ("/proc/net/udp", "/proc/net/udp6"):
         try:
             with open(name, encoding="ascii") as fh:
                 next(fh, None)
                 for line in fh:
                     parts = line.split()
-                    if len(parts) >= 13 and parts[9] == str(inode):
-                        return int(parts[12])
+                    if len(parts) >= 13:
+                        rx = int(parts[4].split(":")[1], 16)
+                        yield UdpSocket(parts[1], rx, parts[9], int(parts[12]))
         except OSError:
             continue
-    return 0
+
+
+def kernel_drops(sock: socket.socket) -> int:
+    """Datagrams the kernel dropped for this socket (``drops`` column of /proc/net/udp)."""
+    try:
+        inode = str(os.fstat(sock.fileno()).st_ino)
+    except OSError:
+        return 0
+    return next((u.drops for u in udp_sockets() if u.inode == inode), 0)
 
 
 @dataclass
