@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import resource
@@ -150,7 +151,7 @@ class _Run:
     """Shared state of one benign fleet run."""
 
     work: Path
-    deadline: float
+    deadline: float  # time.monotonic(); set by _fleet_main when the first client starts
     rng: random.Random
     tls: Any  # TlsFiles
     log: list[dict[str, Any]] = field(default_factory=list)
@@ -642,7 +643,7 @@ def run_benign_fleet(
                 ssh_work.mkdir(exist_ok=True)
                 sshd(peers, ssh_work, ports["ssh"], rng)  # the server and two sessions
                 _ssh_sessions(peers, ssh_work, ports["ssh"], max(0, counts["ssh"] - 2), rng)
-            run = _Run(out_dir, time.monotonic() + plan.duration_s, rng, tls)
+            run = _Run(out_dir, math.inf, rng, tls)
             asyncio.run(_fleet_main(run, counts, ports, plan))
             peers.stop()
             time.sleep(1.0)
@@ -796,6 +797,11 @@ EXPECTED_HS: dict[str, float] = {
 SHARE_INTERVALS: tuple[float, ...] = (10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0)
 
 
+def schedule_suffix(job_schedule: JobSchedule) -> str:
+    """What names of runs, batches and folders carry for pool jobs not on the timer."""
+    return "" if job_schedule == "timer" else f"-{job_schedule}"
+
+
 def plan_miners(
     n_randomx: int,
     n_light: int,
@@ -832,9 +838,8 @@ def plan_miners(
         name = (
             f"r{round_no}-{'tls' if tls else 'plain'}{port}-{tag}"
             f"{'-nh' if nicehash else ''}{'-k' if keepalive else ''}-d{diff}-j{job:g}"
+            f"{schedule_suffix(job_schedule)}"
         )
-        if job_schedule != "timer":
-            name += f"-{job_schedule}"
         specs.append(MinerSpec(name, port, tls, nicehash, keepalive, diff, job, algo, job_schedule))
     return specs
 
@@ -936,7 +941,7 @@ def run_miner_fleet(
                         {"variant": s.name, "error": f"{type(exc).__name__}: {exc}"}
                     )
         for e in round_entries:
-            e["batch"] = f"miners-r{r}" + ("" if job_schedule == "timer" else f"-{job_schedule}")
+            e["batch"] = f"miners-r{r}{schedule_suffix(job_schedule)}"
             e["paced"] = paced
             e["job_schedule"] = job_schedule
         entries.extend(round_entries)

@@ -328,7 +328,7 @@ class XmrigSession:
     keepalive: bool
     difficulty: float
     job_interval: float
-    job_schedule: str
+    job_schedule: JobSchedule
     reported_hashrate_hs: float | None
     reported_window: str | None
     logins: list[LoginRecord]
