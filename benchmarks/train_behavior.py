@@ -1,6 +1,7 @@
 """Train and evaluate the behaviour model on real loopback captures.
 
     python benchmarks/train_behavior.py generate --waves 0 1 2 --minutes 14   # ~45 min
+    python benchmarks/train_behavior.py generate ... --job-schedule blocks    # jobs at block times
     python benchmarks/train_behavior.py train                                 # ~1 min
 
 ``generate`` runs :func:`minewatch.lab.behavior_data.generate` (real XMRig against the lab
@@ -50,6 +51,7 @@ from minewatch.lab.behavior_data import (  # noqa: E402
     flows_from_softflowd,
     generate,
 )
+from minewatch.lab.pool import JOB_SCHEDULES  # noqa: E402
 from minewatch.net.behavior import (  # noqa: E402
     CONN_KEY,
     FEATURES,
@@ -72,7 +74,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
     for wave in args.waves:
         t = time.time()
         entries = generate(
-            args.data, wave=wave, duration=args.minutes * 60, benign=benign, seed=args.seed
+            args.data,
+            wave=wave,
+            duration=args.minutes * 60,
+            benign=benign,
+            seed=args.seed,
+            job_schedule=args.job_schedule,
         )
         errors = [e for e in entries if "error" in e]
         print(f"wave {wave}: {len(entries)} runs in {time.time() - t:.0f} s; errors {errors}")
@@ -360,6 +367,12 @@ def main() -> None:
     g.add_argument("--waves", type=int, nargs="+", default=[0, 1, 2])
     g.add_argument("--minutes", type=float, default=14.0)
     g.add_argument("--seed", type=int, default=7)
+    g.add_argument(
+        "--job-schedule",
+        choices=JOB_SCHEDULES,
+        default="timer",
+        help="the lab pools' job timing: a fixed timer, or exponential gaps (block times)",
+    )
     t = sub.add_parser("train")
     t.add_argument("--data", type=Path, default=DATA)
     t.add_argument("--model", type=Path, default=MODEL)

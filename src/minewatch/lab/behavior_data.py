@@ -48,7 +48,7 @@ from typing import Any
 import pyarrow as pa
 
 from minewatch.lab.capture import Capture
-from minewatch.lab.pool import make_self_signed_cert, require_loopback
+from minewatch.lab.pool import JobSchedule, make_self_signed_cert, require_loopback
 
 LOOPBACK = "127.0.0.1"
 #: Seconds without a datagram after which a softflowd replaying a file is done.
@@ -101,8 +101,18 @@ MINER_VARIANTS: tuple[tuple[MinerVariant, ...], ...] = (
 )
 
 
-def run_miner(out_dir: Path, variant: MinerVariant, duration: float) -> dict[str, Any]:
-    """One bounded XMRig run against its own lab pool, captured; returns a manifest entry."""
+def run_miner(
+    out_dir: Path,
+    variant: MinerVariant,
+    duration: float,
+    job_schedule: JobSchedule = "timer",
+    pool_seed: int | None = None,
+) -> dict[str, Any]:
+    """One bounded XMRig run against its own lab pool, captured; returns a manifest entry.
+
+    ``job_schedule`` and ``pool_seed`` set the pool's job timing
+    (:class:`~minewatch.lab.pool.PoolConfig`): ``"blocks"`` pushes jobs at exponential gaps
+    of mean ``variant.job_interval``, as a real pool does when blocks are found."""
     from minewatch.lab.xmrig import capture_xmrig_session, fake_monero_address
 
     session = capture_xmrig_session(
@@ -111,6 +121,8 @@ def run_miner(out_dir: Path, variant: MinerVariant, duration: float) -> dict[str
         duration=duration,
         difficulty=variant.difficulty,
         job_interval=variant.job_interval,
+        job_schedule=job_schedule,
+        pool_seed=pool_seed,
         port=variant.port,
         tls=variant.tls,
         nicehash=variant.nicehash,
@@ -124,7 +136,7 @@ def run_miner(out_dir: Path, variant: MinerVariant, duration: float) -> dict[str
         "server_port": session.pool_port,
         "accepted_shares": len(session.accepted),
         "hashrate_hs": session.reported_hashrate_hs,
-        "settings": asdict(variant),
+        "settings": {**asdict(variant), "job_schedule": job_schedule, "pool_seed": pool_seed},
     }
 
 
@@ -672,15 +684,21 @@ def generate(
     benign: tuple[str, ...] = BENIGN_SCENARIOS,
     miners: tuple[MinerVariant, ...] | None = None,
     seed: int = 0,
+    job_schedule: JobSchedule = "timer",
 ) -> list[dict[str, Any]]:
-    """Run one wave (miners of ``MINER_VARIANTS[wave]`` and every benign scenario) at once."""
+    """Run one wave (miners of ``MINER_VARIANTS[wave]`` and every benign scenario) at once.
+
+    ``job_schedule`` is the lab pools' job timing; with ``"blocks"`` each miner's pool is
+    seeded from ``seed``, the wave and the miner's place in it, so a wave can be remade."""
     out_root.mkdir(parents=True, exist_ok=True)
     variants = MINER_VARIANTS[wave] if miners is None else miners
     jobs: list[tuple[str, Callable[[], dict[str, Any]]]] = []
-    for v in variants:
+    for k, v in enumerate(variants):
         require_loopback(LOOPBACK)
         d = out_root / f"w{wave}-miner-{v.name}"
-        jobs.append((v.name, functools.partial(run_miner, d, v, duration)))
+        pool_seed = seed * 1000 + wave * 100 + 50 + k if job_schedule == "blocks" else None
+        run = functools.partial(run_miner, d, v, duration, job_schedule, pool_seed)
+        jobs.append((v.name, run))
     for i, name in enumerate(benign):
         d = out_root / f"w{wave}-benign-{i:02d}-{name}"
         s = seed * 1000 + wave * 100 + i
