@@ -438,7 +438,14 @@ def _collect(
 @lab_app.command("pool")
 def _lab_pool(
     port: int = typer.Option(3333, "--port", help="TCP port on the bind address (0: any free)."),
-    difficulty: float = typer.Option(10000, "--difficulty", help="Fixed share difficulty."),
+    difficulty: float = typer.Option(
+        10000, "--difficulty", help="Share difficulty (where sessions start, with --share-target)."
+    ),
+    share_target: float | None = typer.Option(
+        None,
+        "--share-target",
+        help="Variable difficulty (CryptoNote): retarget to about one share per this many s.",
+    ),
     job_interval: float = typer.Option(
         30.0, "--job-interval", help="Seconds between jobs (the mean, with --job-schedule blocks)."
     ),
@@ -469,6 +476,7 @@ def _lab_pool(
             seed=seed,
             tls=tls,
             nicehash=nicehash,
+            share_target_s=share_target,
         )
     except ValueError as exc:
         err_console.print(str(exc))

@@ -18,6 +18,7 @@ from minewatch.lab.pool import (
     LabPool,
     PoolConfig,
     PoolThread,
+    VarDiff,
     difficulty_from_target,
     job_gaps,
     monero_hashing_blob,
@@ -224,6 +225,56 @@ def test_cryptonote_pushes_jobs_at_the_interval() -> None:
     assert all(m["params"]["target"] == target_from_difficulty(500) for m in pushed)
     heights = [first["height"], *(m["params"]["height"] for m in pushed)]
     assert heights == sorted(heights)
+
+
+def test_vardiff_follows_the_hash_rate_within_limits() -> None:
+    v = VarDiff(1000, target_s=10.0, now=0.0)
+    assert not v.retarget(19.0)  # a window is at least two share targets long
+    for _ in range(3):
+        v.add(1000)
+    assert v.retarget(20.0) and v.difficulty == 1500  # 3000 / 20 s * 10 s
+    assert v.retarget(40.0) and v.difficulty == 750  # no share in a window: halved
+    v.add(1e9)
+    assert v.retarget(60.0) and v.difficulty == 3000  # at most 4x per window
+    slow = VarDiff(3, target_s=1.0, now=0.0)
+    for t in range(2, 12, 2):
+        slow.retarget(float(t))
+    assert slow.difficulty == 1  # never below 1
+
+
+def test_vardiff_session_sends_the_new_target_with_a_job() -> None:
+    config = PoolConfig(difficulty=1000, job_interval=60, share_target_s=0.2)
+    with PoolThread(config) as pool:
+        client = LineClient(pool)
+        result = login(client)["result"]
+        session, job = result["id"], result["job"]
+        assert job["target"] == target_from_difficulty(1000)
+        pushed = None
+        for i in range(300):  # shares every ~10 ms: far more than one per 0.2 s
+            params = {"id": session, "job_id": job["job_id"], "nonce": f"{i:08x}"}
+            request = {
+                "id": i + 10,
+                "method": "submit",
+                "params": {**params, "result": good_result()},
+            }
+            client.send_raw(json.dumps(request).encode() + b"\n")
+            reply = client.read()
+            while reply.get("method") == "job":  # a job pushed before this reply
+                pushed = reply
+                reply = client.read()
+            assert reply["id"] == i + 10 and reply["error"] is None
+            if pushed is not None:
+                break
+            time.sleep(0.01)
+            with contextlib.suppress(TimeoutError, OSError):
+                pushed = client.read(timeout=0.01)  # the job that follows a retargeting reply
+            if pushed is not None:
+                break
+        client.close()
+    assert pushed is not None and pushed["method"] == "job"
+    assert pushed["params"]["target"] == target_from_difficulty(4000)  # 4x, the limit
+    assert [j.difficulty for j in pool.record.jobs] == [1000, 4000]
+    assert all(s.difficulty == 1000 for s in pool.record.accepted)
 
 
 def test_job_gaps_timer_and_blocks() -> None:

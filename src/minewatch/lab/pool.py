@@ -255,6 +255,11 @@ class PoolConfig:
     jobs) arrive at a real pool. ``seed`` makes the block gaps reproducible: the *n*-th session
     the pool opens gets the same gaps in every run (see :func:`job_gaps`). ``motd`` is sent
     as ``client.show_message`` to Stratum V1 clients after authorize.
+
+    ``share_target_s`` turns on variable difficulty (CryptoNote sessions), as real pools run
+    it: ``difficulty`` is then only where each session starts, and the pool retargets it so
+    that the miner finds about one share every ``share_target_s`` seconds, whatever its hash
+    rate (see :class:`VarDiff`). ``None`` keeps the difficulty fixed.
     """
 
     host: str = "127.0.0.1"
@@ -271,6 +276,7 @@ class PoolConfig:
     motd: str | None = None
     extranonce2_size: int = 4
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    share_target_s: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "host", require_loopback(self.host))
@@ -284,6 +290,8 @@ class PoolConfig:
             raise ValueError(
                 f"job_schedule must be one of {JOB_SCHEDULES}, not {self.job_schedule!r}"
             )
+        if self.share_target_s is not None and self.share_target_s <= 0:
+            raise ValueError("share_target_s must be positive")
         if self.dialect == "cryptonote":
             target_from_difficulty(int(self.difficulty))
         elif self.difficulty <= 0:
@@ -460,6 +468,45 @@ def job_gaps(config: PoolConfig, session: int = 0) -> Iterator[float]:
         yield max(_MIN_JOB_GAP, rng.expovariate(rate))
 
 
+# --------------------------------------------------------------------------- variable difficulty
+
+
+class VarDiff:
+    """A session's variable difficulty (CryptoNote: integer, 1..2^32-1).
+
+    Accepted shares add their difficulty to the work of the current window. Once the window is
+    at least ``2 * target_s`` long (:meth:`retarget`, asked at every accepted share and
+    before every pushed job), the difficulty becomes the hash rate the window shows times
+    ``target_s``, moved by at most a factor of 4, and a new window starts; a window without
+    any share halves it. So a miner with a core of its own and one starved of CPU both
+    submit about one share per ``target_s``, as on a real pool, after a few retargets.
+    """
+
+    def __init__(self, difficulty: float, target_s: float, now: float) -> None:
+        self.difficulty = int(difficulty)
+        self.target_s = target_s
+        self.start = now
+        self.work = 0.0
+
+    def add(self, difficulty: float) -> None:
+        self.work += difficulty
+
+    def retarget(self, now: float) -> bool:
+        """Retarget if the window is long enough; ``True`` when the difficulty changed."""
+        elapsed = now - self.start
+        if elapsed < 2 * self.target_s:
+            return False
+        old = self.difficulty
+        if self.work <= 0:
+            new = old // 2
+        else:
+            wanted = self.work / elapsed * self.target_s
+            new = int(min(max(wanted, old / 4), old * 4))
+        self.difficulty = min(max(new, 1), 0xFFFFFFFF)
+        self.start, self.work = now, 0.0
+        return self.difficulty != old
+
+
 # --------------------------------------------------------------------------- sessions
 
 
@@ -610,6 +657,8 @@ class _CryptoNoteSession(_Session):
         self.current: _CryptoNoteJob | None = None
         # NiceHash-style fixed top byte of the nonce, one per connection.
         self.fixed_byte = secrets.randbelow(256) if self.config.nicehash else None
+        target_s = self.config.share_target_s
+        self.vardiff = VarDiff(self.config.difficulty, target_s, time.time()) if target_s else None
 
     def make_job(self) -> _CryptoNoteJob:
         height = self.pool.next_height()
@@ -622,7 +671,11 @@ class _CryptoNoteSession(_Session):
             tx_count=1 + secrets.randbelow(100),
             nonce=nonce,
         )
-        difficulty = int(self.config.difficulty)
+        if self.vardiff is not None:
+            self.vardiff.retarget(time.time())
+            difficulty = self.vardiff.difficulty
+        else:
+            difficulty = int(self.config.difficulty)
         job = _CryptoNoteJob(
             job_id=secrets.token_hex(6),
             blob=blob.hex(),
@@ -775,6 +828,10 @@ class _CryptoNoteSession(_Session):
         assert job is not None
         job.nonces.add(str(nonce).lower())
         await self.reply(msg_id, {"status": "OK"})
+        if self.vardiff is not None:
+            self.vardiff.add(job.difficulty)
+            if self.vardiff.retarget(time.time()):
+                await self.new_job()  # a real pool sends the new target with a fresh job
 
 
 @dataclass

@@ -329,6 +329,7 @@ class XmrigSession:
     difficulty: float
     job_interval: float
     job_schedule: JobSchedule
+    share_target_s: float | None
     reported_hashrate_hs: float | None
     reported_window: str | None
     logins: list[LoginRecord]
@@ -351,6 +352,7 @@ def capture_xmrig_session(
     job_interval: float = 20.0,
     job_schedule: JobSchedule = "timer",
     pool_seed: int | None = None,
+    share_target_s: float | None = None,
     port: int = 0,
     host: str = "127.0.0.1",
     rig_id: str | None = "rig01",
@@ -367,7 +369,8 @@ def capture_xmrig_session(
     the algorithm the pool's jobs ask for (XMRig follows it). ``binary`` may be a launcher
     that execs XMRig (such as :func:`minewatch.lab.fleet.idle_wrapper`'s nice 19 wrapper);
     it gets the same fixed options and ``timeout`` bound as XMRig itself. ``job_schedule``
-    and ``pool_seed`` set the pool's job timing (:class:`~minewatch.lab.pool.PoolConfig`).
+    and ``pool_seed`` set the pool's job timing, ``share_target_s`` its variable difficulty
+    (``difficulty`` is then where it starts; :class:`~minewatch.lab.pool.PoolConfig`).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     exe = binary if binary is not None else find_xmrig()
@@ -382,6 +385,7 @@ def capture_xmrig_session(
         tls=tls,
         nicehash=nicehash,
         algo=algo,
+        share_target_s=share_target_s,
     )
     pcap = out_dir / "xmrig.pcap"
     with PoolThread(config) as pool:
@@ -419,6 +423,7 @@ def capture_xmrig_session(
         difficulty=float(difficulty),
         job_interval=job_interval,
         job_schedule=job_schedule,
+        share_target_s=share_target_s,
         reported_hashrate_hs=reported[0] if reported else None,
         reported_window=reported[1] if reported else None,
         logins=pool.record.logins,
