@@ -264,3 +264,28 @@ def test_stratum_v1_capture(stratum_v1_capture: StratumV1Session) -> None:
     assert f"{session.wallet}.{session.worker}".encode() in up
     assert b'"mining.subscribe"' in up and b'"mining.authorize"' in up
     assert b'"mining.set_difficulty"' in down and b'"mining.notify"' in down
+
+
+@pytest.mark.miner
+def test_xmrig_follows_the_pools_variable_difficulty(tmp_path: Path) -> None:
+    """XMRig mines at each new target the pool's vardiff sends: a session that starts far
+    too hard for one thread gets easier jobs, and XMRig's shares at those are accepted."""
+    from minewatch.lab.xmrig import capture_xmrig_session
+
+    session = capture_xmrig_session(
+        tmp_path,
+        wallet=fake_monero_address("vardiff"),
+        duration=45.0,
+        difficulty=20_000,  # minutes per share on one thread at cn-pico's ~100 H/s here
+        job_interval=4.0,  # pushes retarget a share-less session: halved each time
+        job_schedule="blocks",
+        pool_seed=3,
+        share_target_s=2.0,
+        algo="cn-pico",  # starts in seconds; the pool does not check the hash
+    )
+    difficulties = [j.difficulty for j in session.record.jobs]
+    assert difficulties[0] == 20_000 and min(difficulties) <= 20_000 / 8, difficulties
+    accepted = session.accepted
+    assert accepted, session.xmrig.log_text[-2000:]
+    assert all(s.accepted for s in session.submits), {s.reason for s in session.submits}
+    assert {s.difficulty for s in accepted} <= set(difficulties[1:])  # only retargeted jobs
