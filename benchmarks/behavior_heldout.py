@@ -90,9 +90,10 @@ def cmd_miners(args: argparse.Namespace) -> None:
             flush=True,
         )
 
-    # Rounds at block times go to their own folder: they can run beside the timer rounds.
+    # Rounds at block times (or with vardiff) go to their own folder: they can run beside
+    # the timer rounds.
     run_miner_fleet(
-        args.data / f"miners{schedule_suffix(args.job_schedule)}",
+        args.data / f"miners{schedule_suffix(args.job_schedule, args.vardiff)}",
         rounds=args.rounds,
         n_randomx=args.randomx,
         n_light=args.light,
@@ -101,6 +102,7 @@ def cmd_miners(args: argparse.Namespace) -> None:
         first_round=args.first_round,
         paced=args.paced,
         job_schedule=args.job_schedule,
+        vardiff=args.vardiff,
         on_round=report,
     )
 
@@ -615,6 +617,11 @@ def main() -> None:
         "--paced",
         action="store_true",
         help="difficulty from the expected hash rate and a 10-120 s share interval",
+    )
+    m.add_argument(
+        "--vardiff",
+        action="store_true",
+        help="(implies --paced) the pools retarget difficulty to that share interval",
     )
     m.add_argument(
         "--job-schedule",

@@ -11,7 +11,9 @@ import polars as pl
 
 from minewatch.lab.behavior_data import MINER_VARIANTS
 from minewatch.lab.fleet import (
+    EXPECTED_HS,
     MINER_PORTS,
+    SHARE_INTERVALS,
     BenignPlan,
     idle_wrapper,
     plan_miners,
@@ -82,6 +84,17 @@ def test_miner_plans_are_held_out_and_on_their_ports(tmp_path: Path) -> None:
     assert not {s.port for s in specs} & {b.port for b in blocks}
     assert all(b.port in MINER_PORTS for b in blocks)
     assert all(b.name.endswith("-blocks") for b in blocks)
+    # With the pools' vardiff: the paced miners, each pool aiming at the share interval that
+    # set the miner's starting difficulty.
+    paced = plan_miners(4, 6, round_no=3, seed=1, paced=True, job_schedule="blocks")
+    vd = plan_miners(4, 6, round_no=3, seed=1, vardiff=True, job_schedule="blocks")
+    assert all(s.share_target_s is None for s in paced)
+    assert [replace(v, name=p.name, share_target_s=None) for p, v in zip(paced, vd, strict=True)
+            ] == paced  # fmt: skip
+    assert all(v.name == p.name + "-vd" for p, v in zip(paced, vd, strict=True))
+    assert all(v.share_target_s in SHARE_INTERVALS for v in vd)
+    assert all(v.difficulty == max(1, round(EXPECTED_HS[v.algo] * v.share_target_s))
+               for v in vd if v.share_target_s)  # fmt: skip
     launcher = idle_wrapper(tmp_path, Path("/opt/xmrig"))
     text = launcher.read_text()
     assert 'exec nice -n 19 "/opt/xmrig" "$@"' in text

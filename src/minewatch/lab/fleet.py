@@ -764,11 +764,14 @@ async def _fleet_main(
 @dataclass(frozen=True)
 class MinerSpec(MinerVariant):
     """One XMRig run of the fleet: a :class:`MinerVariant` (on a port of
-    :data:`MINER_PORTS`) with the algorithm it mines and its pool's job timing
-    (``"timer"`` or ``"blocks"``, see :func:`minewatch.lab.pool.job_gaps`)."""
+    :data:`MINER_PORTS`) with the algorithm it mines, its pool's job timing
+    (``"timer"`` or ``"blocks"``, see :func:`minewatch.lab.pool.job_gaps`) and, when set, the
+    share interval its pool's variable difficulty aims at (``difficulty`` is then the start;
+    see :class:`minewatch.lab.pool.VarDiff`)."""
 
     algo: str
     job_schedule: JobSchedule = "timer"
+    share_target_s: float | None = None
 
 
 #: Algorithms XMRig mines that need little memory (RandomX needs ~260 MB per process).
@@ -797,9 +800,10 @@ EXPECTED_HS: dict[str, float] = {
 SHARE_INTERVALS: tuple[float, ...] = (10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0)
 
 
-def schedule_suffix(job_schedule: JobSchedule) -> str:
-    """What names of runs, batches and folders carry for pool jobs not on the timer."""
-    return "" if job_schedule == "timer" else f"-{job_schedule}"
+def schedule_suffix(job_schedule: JobSchedule, vardiff: bool = False) -> str:
+    """What names of runs, batches and folders carry for pool jobs not on the timer, and
+    for pools with variable difficulty."""
+    return ("" if job_schedule == "timer" else f"-{job_schedule}") + ("-vd" if vardiff else "")
 
 
 def plan_miners(
@@ -810,14 +814,18 @@ def plan_miners(
     tls_share: float = 0.8,
     paced: bool = False,
     job_schedule: JobSchedule = "timer",
+    vardiff: bool = False,
 ) -> list[MinerSpec]:
     """A round of miners with seeded settings, on ports of :data:`MINER_PORTS`.
 
     Difficulties come from :data:`DIFFICULTIES`, or with ``paced`` from the expected hash
-    rate and a target share interval (what a pool's variable difficulty does: the lab pool's
-    difficulty is fixed per run). ``job_schedule`` does not change the other draws, so a
-    round planned with ``"blocks"`` has the same miners as with ``"timer"``, on other ports.
+    rate and a target share interval (fixed for the run). With ``vardiff`` (which implies
+    ``paced``) that interval is also the share target of the pool's variable difficulty, so
+    the share rate holds whatever CPU the miner gets. ``job_schedule`` and ``vardiff`` do not
+    change the draws, so a round planned with them has the same miners as without (on other
+    ports with ``"blocks"``).
     """
+    paced = paced or vardiff
     rng = random.Random(f"miners-{seed}-{round_no}")
     specs = []
     # Rounds with pool jobs at block times take the other half of the port range, so that a
@@ -831,16 +839,21 @@ def plan_miners(
         keepalive = rng.random() < 0.5
         diff = rng.choice(DIFFICULTIES[algo])
         job = rng.choice(JOB_INTERVALS)
+        target: float | None = None
         if paced:
-            diff = max(1, round(EXPECTED_HS[algo] * rng.choice(SHARE_INTERVALS)))
+            interval = rng.choice(SHARE_INTERVALS)
+            diff = max(1, round(EXPECTED_HS[algo] * interval))
+            target = interval if vardiff else None
         port = MINER_PORTS[offset + k]
         tag = algo.replace("/", "").replace("-", "")
         name = (
             f"r{round_no}-{'tls' if tls else 'plain'}{port}-{tag}"
             f"{'-nh' if nicehash else ''}{'-k' if keepalive else ''}-d{diff}-j{job:g}"
-            f"{schedule_suffix(job_schedule)}"
+            f"{schedule_suffix(job_schedule, vardiff)}"
         )
-        specs.append(MinerSpec(name, port, tls, nicehash, keepalive, diff, job, algo, job_schedule))
+        specs.append(
+            MinerSpec(name, port, tls, nicehash, keepalive, diff, job, algo, job_schedule, target)
+        )
     return specs
 
 
@@ -875,6 +888,7 @@ def run_one_miner(
         job_interval=spec.job_interval,
         job_schedule=spec.job_schedule,
         pool_seed=zlib.crc32(spec.name.encode()),
+        share_target_s=spec.share_target_s,
         port=spec.port,
         host=LOOPBACK,
         rig_id=spec.name[:16],
@@ -913,6 +927,7 @@ def run_miner_fleet(
     xmrig: Path | None = None,
     paced: bool = False,
     job_schedule: JobSchedule = "timer",
+    vardiff: bool = False,
     on_round: Callable[[int, list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """``rounds`` rounds of ``n_randomx + n_light`` concurrent XMRig runs; the manifest."""
@@ -924,7 +939,9 @@ def run_miner_fleet(
     launcher = idle_wrapper(out_dir, xmrig or find_xmrig())
     entries: list[dict[str, Any]] = []
     for r in range(first_round, first_round + rounds):
-        specs = plan_miners(n_randomx, n_light, r, seed, paced=paced, job_schedule=job_schedule)
+        specs = plan_miners(
+            n_randomx, n_light, r, seed, paced=paced, job_schedule=job_schedule, vardiff=vardiff
+        )
         round_entries: list[dict[str, Any]] = []
 
         def one(k: int, spec: MinerSpec) -> dict[str, Any]:
@@ -941,9 +958,10 @@ def run_miner_fleet(
                         {"variant": s.name, "error": f"{type(exc).__name__}: {exc}"}
                     )
         for e in round_entries:
-            e["batch"] = f"miners-r{r}{schedule_suffix(job_schedule)}"
-            e["paced"] = paced
+            e["batch"] = f"miners-r{r}{schedule_suffix(job_schedule, vardiff)}"
+            e["paced"] = paced or vardiff
             e["job_schedule"] = job_schedule
+            e["vardiff"] = vardiff
         entries.extend(round_entries)
         manifest = out_dir / "manifest.json"
         old = json.loads(manifest.read_text()) if manifest.exists() else []
