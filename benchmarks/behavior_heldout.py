@@ -250,6 +250,7 @@ def evaluate_batch(
                 "variant": [e.get("variant", e["family"]) for e in by_port.values()],
                 "accepted_shares": [e.get("accepted_shares") for e in by_port.values()],
                 "paced": [bool(e.get("paced", False)) for e in by_port.values()],
+                "vardiff": [bool(e.get("vardiff", False)) for e in by_port.values()],
                 "job_schedule": [e.get("job_schedule", "timer") for e in by_port.values()],
                 "job_interval": [
                     (e.get("settings") or {}).get("job_interval") for e in by_port.values()
@@ -317,6 +318,12 @@ def summary_rows(res: pl.DataFrame) -> list[dict[str, Any]]:
             ),
             ("all mining", m, b.head(0)),
             ("TLS mining, pool-paced difficulty", m.filter(tls & pl.col("paced")), b.head(0)),
+            (
+                "TLS mining, paced, fixed per run",
+                m.filter(tls & pl.col("paced") & ~pl.col("vardiff")),
+                b.head(0),
+            ),
+            ("TLS mining, pool vardiff", m.filter(tls & pl.col("vardiff")), b.head(0)),
             ("TLS mining, fixed difficulty", m.filter(tls & ~pl.col("paced")), b.head(0)),
             (
                 "TLS mining, pool jobs on a timer",
