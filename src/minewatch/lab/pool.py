@@ -1116,11 +1116,14 @@ class LabPool:
             self._handle, self.config.host, self.config.port, ssl=context, limit=2**20
         )
         log.info(
-            "lab pool (%s%s) listening on %s, difficulty %s, job interval %.1f s (%s)",
+            "lab pool (%s%s) listening on %s, difficulty %s%s, job interval %.1f s (%s)",
             self.config.dialect,
             ", TLS" if self.config.tls else "",
             self.url,
             self.config.difficulty,
+            ""
+            if self.config.share_target_s is None
+            else f" (vardiff: a share per {self.config.share_target_s:g} s)",
             self.config.job_interval,
             self.config.job_schedule,
         )
