@@ -233,6 +233,10 @@ def test_vardiff_follows_the_hash_rate_within_limits() -> None:
     for _ in range(3):
         v.add(1000)
     assert v.retarget(20.0) and v.difficulty == 1500  # 3000 / 20 s * 10 s
+    v.add(3750)
+    assert not v.retarget(40.0) and v.difficulty == 1500  # 1875 is within 30%: kept
+    assert v.start == 40.0 and v.work == 0.0  # but a new window starts
+    v.start = 20.0
     assert v.retarget(40.0) and v.difficulty == 750  # no share in a window: halved
     v.add(1e9)
     assert v.retarget(60.0) and v.difficulty == 3000  # at most 4x per window

@@ -476,11 +476,16 @@ class VarDiff:
 
     Accepted shares add their difficulty to the work of the current window. Once the window is
     at least ``2 * target_s`` long (:meth:`retarget`, asked at every accepted share and
-    before every pushed job), the difficulty becomes the hash rate the window shows times
-    ``target_s``, moved by at most a factor of 4, and a new window starts; a window without
-    any share halves it. So a miner with a core of its own and one starved of CPU both
-    submit about one share per ``target_s``, as on a real pool, after a few retargets.
+    before every pushed job), a new window starts, and the difficulty becomes the hash rate
+    the window shows times ``target_s``, moved by at most a factor of 4, unless that is
+    within :attr:`TOLERANCE` of the current one (pools leave a miner alone while its share
+    interval stays near the target); a window without any share halves it. So a miner with a
+    core of its own and one starved of CPU both submit about one share per ``target_s``, as
+    on a real pool, after a few retargets.
     """
+
+    #: Relative change below which the difficulty is kept (no new job is sent for it).
+    TOLERANCE = 0.3
 
     def __init__(self, difficulty: float, target_s: float, now: float) -> None:
         self.difficulty = int(difficulty)
@@ -502,6 +507,8 @@ class VarDiff:
         else:
             wanted = self.work / elapsed * self.target_s
             new = int(min(max(wanted, old / 4), old * 4))
+            if abs(wanted - old) <= self.TOLERANCE * old:
+                new = old
         self.difficulty = min(max(new, 1), 0xFFFFFFFF)
         self.start, self.work = now, 0.0
         return self.difficulty != old
