@@ -144,9 +144,6 @@ def lab_traffic(tmp_path_factory: pytest.TempPathFactory) -> LabTraffic:
             duration=MINER_SECONDS,
             difficulty=30,
             job_interval=20.0,
-            # The pool's vardiff keeps about one share per 8 s whatever CPU the miner gets
-            # (with a fixed difficulty a loaded machine starved it below what a pool allows).
-            share_target_s=8.0,
             tls=True,
             keepalive=True,
         )
