@@ -235,11 +235,12 @@ def test_vardiff_follows_the_hash_rate_within_limits() -> None:
     assert v.retarget(20.0) and v.difficulty == 1500  # 3000 / 20 s * 10 s
     v.add(3750)
     assert not v.retarget(40.0) and v.difficulty == 1500  # 1875 is within 30%: kept
-    assert v.start == 40.0 and v.work == 0.0  # but a new window starts
-    v.start = 20.0
-    assert v.retarget(40.0) and v.difficulty == 750  # no share in a window: halved
+    assert not v.retarget(59.0)  # ... but a new window started at 40 s
+    assert v.retarget(60.0) and v.difficulty == 750  # no share in a window: halved
     v.add(1e9)
-    assert v.retarget(60.0) and v.difficulty == 3000  # at most 4x per window
+    assert v.retarget(80.0) and v.difficulty == 3000  # at most 4x per window
+    with pytest.raises(ValueError, match="cryptonote"):
+        PoolConfig(dialect="stratum1", difficulty=1.0, share_target_s=5.0)
     slow = VarDiff(3, target_s=1.0, now=0.0)
     for t in range(2, 12, 2):
         slow.retarget(float(t))

@@ -290,8 +290,11 @@ class PoolConfig:
             raise ValueError(
                 f"job_schedule must be one of {JOB_SCHEDULES}, not {self.job_schedule!r}"
             )
-        if self.share_target_s is not None and self.share_target_s <= 0:
-            raise ValueError("share_target_s must be positive")
+        if self.share_target_s is not None:
+            if self.share_target_s <= 0:
+                raise ValueError("share_target_s must be positive")
+            if self.dialect != "cryptonote":
+                raise ValueError("share_target_s (vardiff) is for the cryptonote dialect only")
         if self.dialect == "cryptonote":
             target_from_difficulty(int(self.difficulty))
         elif self.difficulty <= 0:
