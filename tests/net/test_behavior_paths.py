@@ -112,8 +112,9 @@ def test_gate_keeps_every_connection_that_can_qualify(flows: pl.DataFrame) -> No
     """The gate before the sort drops only connections with < 8 packets one way."""
     from minewatch.net.behavior import _hot
 
-    h = _hot(flows)
-    kept = set(h.rows.tolist())
+    # ``sni`` (carried through the gate) holds each record's row number here, to follow it.
+    numbered = flows.with_columns(sni=pl.int_range(pl.len()).cast(pl.Utf8))
+    kept = {int(r) for r in _hot(numbered).frame["sni"].to_list()}
     feats = connection_features(flows)
     big = feats.group_by(CONN_KEY).agg(pl.col("PU").max(), pl.col("PD").max())
     big = big.filter((pl.col("PU") >= 8) & (pl.col("PD") >= 8))

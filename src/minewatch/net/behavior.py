@@ -671,16 +671,11 @@ def _conn_id(sc: pl.Expr) -> pl.Expr:
 class _Hot:
     """The TCP rows of connections that may qualify, with their running totals.
 
-    ``frame`` holds those rows' input columns that reports need (``row`` = input row,
-    ``_sc`` = whether the input's ``src`` is the client), in input order; ``run`` indexes
-    into it."""
+    ``frame`` holds those rows' input columns that reports need (``_sc`` = whether the
+    input's ``src`` is the client), in input order; ``run`` indexes into it."""
 
     frame: pl.DataFrame
     run: Running
-
-    @property
-    def rows(self) -> np.ndarray:
-        return self.frame["row"].to_numpy()
 
 
 def _hot(flows: pl.DataFrame | pl.LazyFrame) -> _Hot:
@@ -689,20 +684,26 @@ def _hot(flows: pl.DataFrame | pl.LazyFrame) -> _Hot:
     sort and cumulative sums in NumPy over the rows that remain.
 
     The gate keeps the records of connections with at least :data:`MIN_PACKETS` packets
-    each way in total (exact: per-connection sums over a hash of the connection id).
-    Short-lived connections, most of a network's records, go here, before the sort; their
-    address strings are hashed but never copied."""
+    each way in total (exact: per-connection sums over the connection id). Short-lived
+    connections, most of a network's records, go here, before the sort; the gate reads
+    only what it needs (addresses, ports, packet counts), and the times, byte counts and
+    names are worked out for the rows that pass it only."""
     lf = flows.lazy()
     names = lf.collect_schema().names()
     sc = pl.col("_sc")
     t0, t1 = _times_us()
     counts = _client_counts(sc)
+    up, down = (pl.col(f"_{k}") for k in ("packets_up", "packets_down"))
     frame = (
-        lf.with_row_index("row")
-        .filter(pl.col("proto") == 6)
+        lf.filter(pl.col("proto") == 6)
         .with_columns(_sc=_src_is_client())
+        .with_columns(
+            _cid=_conn_id(sc),
+            _packets_up=counts["packets_up"],
+            _packets_down=counts["packets_down"],
+        )
+        .filter((up.sum().over("_cid") >= MIN_PACKETS) & (down.sum().over("_cid") >= MIN_PACKETS))
         .select(
-            "row",
             "_sc",
             "src_ip",
             "src_port",
@@ -710,14 +711,13 @@ def _hot(flows: pl.DataFrame | pl.LazyFrame) -> _Hot:
             "dst_port",
             "sni",
             *(c for c in _PACKET_COLS if c in names),
-            _cid=_conn_id(sc),
+            "_cid",
+            "_packets_up",
+            "_packets_down",
             _t0=t0,
             _t1=t1,
-            **{f"_{k}": v for k, v in counts.items()},
-        )
-        .filter(
-            (pl.col("_packets_up").sum().over("_cid") >= MIN_PACKETS)
-            & (pl.col("_packets_down").sum().over("_cid") >= MIN_PACKETS)
+            _bytes_up=counts["bytes_up"],
+            _bytes_down=counts["bytes_down"],
         )
         .collect()
     )
