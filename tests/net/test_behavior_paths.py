@@ -131,6 +131,41 @@ def test_gate_keeps_every_connection_that_can_qualify(flows: pl.DataFrame) -> No
     assert len(kept) < rows.height  # and it did drop short connections
 
 
+@pytest.mark.parametrize("ids", ["mixed", "clustered"])
+def test_bucket_gate_never_drops_a_qualifying_connection(ids: str) -> None:
+    """The coarse gate keeps every row of every connection with >= 8 packets each way, with
+    ids spread as the mixed connection ids are, and when ids share their top bits (all
+    connections in one bucket)."""
+    from minewatch.net.behavior import _bucket_gate
+
+    rng = np.random.default_rng(7)
+    n = 200_000
+    if ids == "mixed":
+        pool = rng.integers(0, 2**63, 150_000, dtype=np.uint64) * np.uint64(2)
+    else:
+        pool = np.arange(150_000, dtype=np.uint64)
+    frame = pl.DataFrame(
+        {
+            "_cid": pool[rng.integers(0, len(pool), n)],
+            "_packets_up": rng.integers(0, 6, n),
+            "_packets_down": rng.integers(0, 6, n),
+        }
+    )
+    keep = frame.select(
+        pl.struct("_cid", "_packets_up", "_packets_down").map_batches(
+            _bucket_gate, return_dtype=pl.Boolean
+        )
+    ).to_series()
+    exact = frame.select(
+        (pl.col("_packets_up").sum().over("_cid") >= 8)
+        & (pl.col("_packets_down").sum().over("_cid") >= 8)
+    ).to_series()
+    assert 0 < exact.sum() < n
+    assert not (exact & ~keep).any()
+    if ids == "mixed":  # the buckets do drop rows
+        assert keep.sum() < n
+
+
 def test_feature_matrix_is_finite_on_real_totals(flows: pl.DataFrame) -> None:
     feats = connection_features(flows)
     x = feature_matrix(feats)

@@ -678,6 +678,27 @@ class _Hot:
     run: Running
 
 
+def _bucket_gate(s: pl.Series) -> pl.Series:
+    """Rows that may belong to a connection with :data:`MIN_PACKETS` packets each way.
+
+    Packet counts (clipped at :data:`MIN_PACKETS`) are summed per bucket of connection ids:
+    the top bits of the already mixed 64-bit id, about two buckets per row (2**16 to 2**24
+    buckets). A bucket's sums are at least those of every connection in it, so no
+    connection that qualifies is dropped; the exact per-connection gate then runs over the
+    rows left, far fewer, where a hash aggregation is cheap. ``np.add.at`` on ``uint32``
+    tables: no sum can overflow below 2**29 rows."""
+    bits = min(24, max(16, len(s).bit_length() + 1))
+    cid = s.struct.field("_cid").to_numpy()
+    bucket = (cid >> np.uint64(64 - bits)).astype(np.intp)
+    ok = np.ones(1 << bits, dtype=bool)
+    for name in ("_packets_up", "_packets_down"):
+        table = np.zeros(1 << bits, dtype=np.uint32)
+        counts = np.minimum(s.struct.field(name).to_numpy(), MIN_PACKETS).astype(np.uint32)
+        np.add.at(table, bucket, counts)
+        ok &= table >= MIN_PACKETS
+    return pl.Series(ok[bucket])
+
+
 def _hot(flows: pl.DataFrame | pl.LazyFrame) -> _Hot:
     """Orientation, connection ids, the gate and the running totals in one Polars query
     (lazy: given a ``scan_parquet`` the file is read once, in the same pass), then the
@@ -701,6 +722,11 @@ def _hot(flows: pl.DataFrame | pl.LazyFrame) -> _Hot:
             _cid=_conn_id(sc),
             _packets_up=counts["packets_up"],
             _packets_down=counts["packets_down"],
+        )
+        .filter(
+            pl.struct("_cid", "_packets_up", "_packets_down").map_batches(
+                _bucket_gate, return_dtype=pl.Boolean
+            )
         )
         .filter((up.sum().over("_cid") >= MIN_PACKETS) & (down.sum().over("_cid") >= MIN_PACKETS))
         .select(
