@@ -705,10 +705,11 @@ def _hot(flows: pl.DataFrame | pl.LazyFrame) -> _Hot:
     sort and cumulative sums in NumPy over the rows that remain.
 
     The gate keeps the records of connections with at least :data:`MIN_PACKETS` packets
-    each way in total (exact: per-connection sums over the connection id). Short-lived
-    connections, most of a network's records, go here, before the sort; the gate reads
-    only what it needs (addresses, ports, packet counts), and the times, byte counts and
-    names are worked out for the rows that pass it only."""
+    each way in total: first :func:`_bucket_gate` (coarse, never drops one that qualifies),
+    then per-connection sums over the connection id (exact) on the rows left. Short-lived
+    connections, most of a network's records, go here, before the sort; the gate needs only
+    addresses, ports and packet counts, and the times, byte counts and other derived
+    columns are worked out for the rows that pass it only."""
     lf = flows.lazy()
     names = lf.collect_schema().names()
     sc = pl.col("_sc")
