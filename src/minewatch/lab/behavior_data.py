@@ -574,7 +574,9 @@ def electrum(peers: Peers, work: Path, port: int, rng: random.Random, tls: bool)
                     await writer.drain()
 
             task = asyncio.create_task(notify())
-            with contextlib.suppress(Exception):
+            # CancelledError too: at shutdown the loop cancels this handler, and Python 3.11's
+            # stream server logs a cancelled handler as an error with a traceback.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 while line := await reader.readline():
                     method = await electrum_reply(writer, json.loads(line), height, rng)
                     if method == "blockchain.headers.subscribe":
