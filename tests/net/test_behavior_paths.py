@@ -166,6 +166,24 @@ def test_bucket_gate_never_drops_a_qualifying_connection(ids: str) -> None:
         assert keep.sum() < n
 
 
+@pytest.mark.parametrize("spread", [1_000, 2**61])
+def test_segmented_running_minimum(spread: int) -> None:
+    """Per segment, the running minimum of its values (a later record that started earlier
+    lowers it from there on), in segments where it does and does not fall, with spreads
+    that can be shifted and one too wide to shift."""
+    from minewatch.net.behavior import _seg_cummin
+
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 9, 400)
+    starts = np.cumsum(lengths) - lengths
+    v = rng.integers(0, spread, int(lengths.sum()), dtype=np.int64)
+    v[starts[::2]] = -1  # every other segment starts at its minimum: no fall there
+    want = np.concatenate(
+        [np.minimum.accumulate(v[s : s + n]) for s, n in zip(starts, lengths, strict=True)]
+    )
+    assert np.array_equal(_seg_cummin(v, starts, lengths), want)
+
+
 def test_feature_matrix_is_finite_on_real_totals(flows: pl.DataFrame) -> None:
     feats = connection_features(flows)
     x = feature_matrix(feats)

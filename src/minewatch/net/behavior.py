@@ -297,38 +297,43 @@ def _seg_cumsum(x: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return np.cumsum(x, out=x)
 
 
-def _seg_cummin(
-    v: np.ndarray, starts: np.ndarray, lengths: np.ndarray, gid: np.ndarray
-) -> np.ndarray:
+def _seg_cummin(v: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Running minimum restarting at every segment start, for int64 ``v``.
 
     Usually a connection's first record (by end time) also starts first, and the running
-    minimum is that start throughout. Otherwise each segment is shifted below all earlier
-    ones (by its index times the widest spread within a segment), so one
-    ``np.minimum.accumulate`` cannot carry a value across a segment start.
+    minimum is that start throughout: one ``np.repeat``. The segments where a later record
+    started earlier are worked out on their own rows: each is shifted below all earlier ones
+    (by its rank times the widest spread within them), so one ``np.minimum.accumulate``
+    cannot carry a value across a segment start.
     """
-    first = np.repeat(v[starts], lengths)
-    d = v - first
-    lo = int(d.min()) if len(d) else 0
-    if lo >= 0:
-        return first
-    k = int(d.max()) - lo + 1
-    if (len(starts) + 1) * k < 2**62:
-        shift = gid.astype(np.int64) * k
-        return np.minimum.accumulate(d - shift) + shift + first
-    out = v.copy()  # spreads too wide to shift: one segment at a time (never seen in flows)
-    for s, n in zip(starts.tolist(), lengths.tolist(), strict=True):
-        out[s : s + n] = np.minimum.accumulate(v[s : s + n])
+    out = np.repeat(v[starts], lengths)
+    below = np.flatnonzero(v < out)
+    if not len(below):
+        return out
+    gid = np.repeat(np.arange(len(starts)), lengths)
+    bad = np.unique(gid[below])
+    rows, which = _segment_rows(starts[bad], lengths[bad])
+    sub, first = v[rows], out[rows]
+    d = sub - first
+    k = int(d.max()) - int(d.min()) + 1
+    if (len(bad) + 1) * k < 2**62:
+        shift = which.astype(np.int64) * k
+        out[rows] = np.minimum.accumulate(d - shift) + shift + first
+        return out
+    for s, n in zip(starts[bad].tolist(), lengths[bad].tolist(), strict=True):
+        out[s : s + n] = np.minimum.accumulate(v[s : s + n])  # spreads too wide to shift
     return out
 
 
-def _sort_order(cid: np.ndarray, t1_us: np.ndarray) -> np.ndarray:
-    """Row order by (connection id, record end); the order of records that end at the same
-    instant is left open (it does not matter: see :class:`Running`).
+def _sort_order(cid: np.ndarray, t1_us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row order by (connection id, record end), and where each connection starts in it; the
+    order of records that end at the same instant is left open (it does not matter: see
+    :class:`Running`).
 
     Two NumPy sorts, no comparison of composite rows: the ids are sorted once (quicksort) and
     numbered, then (number, end time) is packed into one 64-bit key that is already sorted
     by connection, which the stable sort (timsort, that profits from sorted runs) finishes.
+    Connections keep their places in the second sort, so the first one's boundaries hold.
     """
     p = np.argsort(cid)
     c = cid[p]
@@ -336,16 +341,20 @@ def _sort_order(cid: np.ndarray, t1_us: np.ndarray) -> np.ndarray:
     if len(c):
         start[0] = True
         np.not_equal(c[1:], c[:-1], out=start[1:])
+    del c
     gid = np.cumsum(start) - 1
     t1 = t1_us[p]
     lo = int(t1.min()) if len(t1) else 0
     span_bits = (int(t1.max()) - lo + 1).bit_length() if len(t1) else 1
     gid_bits = max(int(gid[-1]) if len(gid) else 0, 1).bit_length()
     if span_bits + gid_bits <= 63:
-        key = (gid.astype(np.uint64) << np.uint64(span_bits)) | (t1 - lo).astype(np.uint64)
-        return p[np.argsort(key, kind="stable")]
+        key = gid.astype(np.uint64)
+        key <<= np.uint64(span_bits)
+        t1 -= lo
+        key |= t1.view(np.uint64)
+        return p[np.argsort(key, kind="stable")], start
     again = pl.DataFrame({"g": gid, "a": t1}).select(pl.arg_sort_by("g", "a"))
-    return p[again.to_series().to_numpy()]
+    return p[again.to_series().to_numpy()], start
 
 
 def _running(
@@ -359,24 +368,20 @@ def _running(
 ) -> Running:
     """Sort once by (connection id, record end); totals over the sorted rows."""
     n = len(cid)
-    perm = _sort_order(cid, t1_us)
-    c = cid[perm]
-    start = np.empty(n, dtype=bool)
-    if n:
-        start[0] = True
-        np.not_equal(c[1:], c[:-1], out=start[1:])
+    perm, start = _sort_order(cid, t1_us)
     starts = np.flatnonzero(start)
     lengths = np.diff(np.append(starts, n))
     gid = np.cumsum(start) - 1
-    pu, pd, bu, bd = pu[perm], pd[perm], bu[perm], bd[perm]
     t1 = t1_us[perm]
     moment_end = np.empty(n, dtype=bool)
     if n:
         moment_end[-1] = True
-        moment_end[:-1] = start[1:] | (t1[1:] != t1[:-1])
-    first_us = _seg_cummin(t0_us[perm], starts, lengths, gid)
+        np.not_equal(t1[1:], t1[:-1], out=moment_end[:-1])
+        moment_end[:-1] |= start[1:]
+    first_us = _seg_cummin(t0_us[perm], starts, lengths)
     first_t = first_us / 1e6
     last_t = t1 / 1e6  # record ends are sorted within a connection: their running maximum
+    pu, pd = pu[perm], pd[perm]
     totals = {
         "NU": _seg_cumsum((pu > 0).astype(np.int64), starts),
         "ND": _seg_cumsum((pd > 0).astype(np.int64), starts),
@@ -384,8 +389,8 @@ def _running(
         "PD2": _seg_cumsum(pd * pd, starts),
         "PU": _seg_cumsum(pu, starts),
         "PD": _seg_cumsum(pd, starts),
-        "BU": _seg_cumsum(bu, starts),
-        "BD": _seg_cumsum(bd, starts),
+        "BU": _seg_cumsum(bu[perm], starts),
+        "BD": _seg_cumsum(bd[perm], starts),
     }
     return Running(
         perm, moment_end, gid, starts, lengths, first_t, last_t, last_t - first_t, totals
