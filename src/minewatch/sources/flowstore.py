@@ -234,12 +234,20 @@ def write_evidence(table: pa.Table, root: str | Path) -> list[Path]:
     return _write(table, Path(root) / "evidence", [])
 
 
+#: Row-group sizes of the store's Parquet files.
+_MIN_ROWS_PER_GROUP = 1 << 17
+_MAX_ROWS_PER_GROUP = 1 << 20
+
+
 def _write(table: pa.Table, base: Path, partitions: list[str]) -> list[Path]:
-    written: list[Path] = []
+    """Write ``table`` under ``base`` (hive partitions), in files of a name no other write
+    uses; returns them.
 
-    def visit(f: Any) -> None:
-        written.append(Path(f.path))
-
+    The files are found by that name afterwards, not by the writer's ``file_visitor``: a
+    Python callback run from Arrow's writer threads makes the process abort at exit now and
+    then ("terminate called without an active exception", exit status 134; apache/arrow
+    #36980, seen here with pyarrow 26)."""
+    tag = uuid.uuid4().hex
     ds.write_dataset(
         table,
         base,
@@ -249,11 +257,15 @@ def _write(table: pa.Table, base: Path, partitions: list[str]) -> list[Path]:
         )
         if partitions
         else None,
-        basename_template=f"part-{uuid.uuid4().hex}-{{i}}.parquet",
+        basename_template=f"part-{tag}-{{i}}.parquet",
         existing_data_behavior="overwrite_or_ignore",
-        file_visitor=visit,
+        # The writer cuts each input batch into one row group per partition; without a
+        # minimum, a partition holding a little of every batch gets row groups of a few rows
+        # (slow to read, poorly compressed). Rows are buffered into groups of at least this.
+        min_rows_per_group=_MIN_ROWS_PER_GROUP,
+        max_rows_per_group=_MAX_ROWS_PER_GROUP,
     )
-    return written
+    return sorted(base.rglob(f"part-{tag}-*.parquet"))
 
 
 def _dataset(base: Path, partitions: list[str]) -> ds.Dataset | None:
