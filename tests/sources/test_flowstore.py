@@ -15,8 +15,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from minewatch.errors import InputError
-from minewatch.schema import FLOWS
-from minewatch.sources.flowstore import detect_format, read_dns, read_flows, write_dns, write_flows
+from minewatch.schema import EVIDENCE, FLOWS
+from minewatch.sources.flowstore import (
+    detect_format,
+    read_dns,
+    read_flows,
+    write_dns,
+    write_evidence,
+    write_flows,
+)
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "pcap"
 MINEWATCH = str(Path(sys.executable).parent / "minewatch")
@@ -70,6 +77,21 @@ def test_round_trip_partitions_and_append(tmp_path: Path) -> None:
     f = next((tmp_path / "flows").rglob("*.parquet"))
     assert set(FLOWS.names) <= set(pq.read_schema(f).names)
     assert read_flows(tmp_path / "nothing").num_rows == 0
+
+
+def test_write_reports_the_files_it_wrote(tmp_path: Path) -> None:
+    """Also where Arrow escapes the partition value in the directory name (":" as %3A), where
+    a date is missing, and for the unpartitioned evidence table."""
+    (colon,) = write_flows(flows(1, 4, "192.0.2.9:2055"), tmp_path)
+    assert colon.is_file() and colon.parent.name == "exporter_dir=192.0.2.9%3A2055"
+    undated = flows(2, 5, "192.0.2.1").set_column(0, "ts_start", pa.nulls(2, FLOWS[0].type))
+    (null_date,) = write_flows(undated, tmp_path)
+    assert null_date.is_file() and null_date not in [colon]
+    again = write_flows(flows(1, 4, "192.0.2.9:2055"), tmp_path)
+    assert len(again) == 1 and again[0] != colon and again[0].parent == colon.parent
+    ev = pa.table({n: pa.nulls(1, EVIDENCE.field(n).type) for n in EVIDENCE.names})
+    (evidence,) = write_evidence(ev, tmp_path)
+    assert evidence.parent == tmp_path / "evidence"
 
 
 _MANY_PARTITIONS = """

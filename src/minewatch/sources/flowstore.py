@@ -21,6 +21,7 @@ import datetime as dt
 import io
 import json
 import re
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -265,7 +266,16 @@ def _write(table: pa.Table, base: Path, partitions: list[str]) -> list[Path]:
         min_rows_per_group=_MIN_ROWS_PER_GROUP,
         max_rows_per_group=_MAX_ROWS_PER_GROUP,
     )
-    return sorted(base.rglob(f"part-{tag}-*.parquet"))
+    name = f"part-{tag}-*.parquet"
+    written: list[Path] = []
+    combos = table.select(partitions).group_by(partitions).aggregate([]).to_pylist()
+    if all(v is not None for c in combos for v in c.values()):
+        # only the partitions this write touched, their values escaped as Arrow does
+        for c in combos:
+            d = base.joinpath(*(f"{k}={urllib.parse.quote(str(v), safe='')}" for k, v in c.items()))
+            written.extend(d.glob(name))
+    written.sort()
+    return written or sorted(base.rglob(name))  # null values, or Arrow escaping otherwise
 
 
 def _dataset(base: Path, partitions: list[str]) -> ds.Dataset | None:
