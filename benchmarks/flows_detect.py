@@ -21,6 +21,8 @@ shared: CPU seconds are the steadier figure when it is busy).
 
     python benchmarks/flows_detect.py                # 5 million records
     python benchmarks/flows_detect.py --records 1e6  # quick
+    python benchmarks/flows_detect.py --input shared # the shared captures even when training
+                                                     # flows are there
 """
 
 from __future__ import annotations
@@ -40,15 +42,21 @@ DATA = ROOT / ".cache" / "behavior-data"
 SHARED = ROOT.parent / "shared" / "data" / "pcap"
 
 
-def base_records() -> object:
+def base_records(source: str = "auto") -> object:
+    """The real flow records repeated: ``training`` (the behaviour training captures' flows,
+    mostly long-lived connections), ``shared`` (the shared captures by the packet path,
+    mostly short ones) or ``auto`` (training when there, else shared)."""
     import polars as pl
 
     from minewatch.net.flowagg import aggregate_file
     from minewatch.schema import FLOWS
 
     frames = []
-    for cache in sorted(DATA.glob("*/flows-*.parquet")):
-        frames.append(pl.read_parquet(cache).select(FLOWS.names))
+    if source in ("auto", "training"):
+        for cache in sorted(DATA.glob("*/flows-*.parquet")):
+            frames.append(pl.read_parquet(cache).select(FLOWS.names))
+        if not frames and source == "training":
+            sys.exit(f"no training flows under {DATA} (python benchmarks/train_behavior.py)")
     if not frames:
         for pcap in sorted(SHARED.glob("*/*.pcap*")):
             try:
@@ -59,10 +67,10 @@ def base_records() -> object:
     return pl.concat(frames, how="vertical_relaxed")
 
 
-def build(path: Path, records: int) -> int:
+def build(path: Path, records: int, source: str = "auto") -> int:
     import polars as pl
 
-    base = base_records()
+    base = base_records(source)
     assert isinstance(base, pl.DataFrame)
     reps = max(1, records // base.height)
     parts = []
@@ -140,15 +148,22 @@ def main() -> None:
     ap.add_argument("--child", choices=["minewatch", "pandas"])
     ap.add_argument("--path", type=Path)
     ap.add_argument("--repeat", type=int, default=1, help="runs of each side (best is kept)")
+    ap.add_argument(
+        "--input",
+        choices=["auto", "training", "shared"],
+        default="auto",
+        help="records to repeat: the training flows (long-lived connections), the shared "
+        "captures (short ones), or training when there (default)",
+    )
     args = ap.parse_args()
     if args.child:
         print(json.dumps(run_one(args.child, args.path)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "flows.parquet"
-        n = build(path, int(args.records))
+        n = build(path, int(args.records), args.input)
         size = path.stat().st_size / 1e6
-        print(f"{n:,} flow records, {size:.0f} MB Parquet, one core each")
+        print(f"{n:,} flow records ({args.input} input), {size:.0f} MB Parquet, one core each")
         before = load()
         results: dict[str, dict[str, float | int]] = {}
         for _ in range(args.repeat):
