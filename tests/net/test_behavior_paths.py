@@ -131,6 +131,49 @@ def test_gate_keeps_every_connection_that_can_qualify(flows: pl.DataFrame) -> No
     assert len(kept) < rows.height  # and it did drop short connections
 
 
+def test_gate_over_a_lazy_scan_of_many_files_keeps_whole_connections(
+    flows: pl.DataFrame, tmp_path: Path
+) -> None:
+    """The bucket gate runs inside the lazy query; over a scan of several Parquet files,
+    larger than a streaming morsel, it must still see whole columns (a gate applied per
+    chunk would drop connections whose records fall in different chunks)."""
+    from minewatch.net.behavior import (
+        _client_counts,
+        _conn_id,
+        _hot,
+        _src_is_client,
+        read_flow_inputs,
+    )
+
+    copies = []
+    for i in range(max(1, 400_000 // flows.height)):
+        ip = f"10.200.{i >> 8 & 255}.{i & 255}"
+        swap = pl.col("src_port") > pl.col("dst_port")
+        copies.append(
+            flows.with_columns(
+                src_ip=pl.when(swap).then(pl.lit(ip)).otherwise(pl.col("src_ip")),
+                dst_ip=pl.when(swap).then(pl.col("dst_ip")).otherwise(pl.lit(ip)),
+            )
+        )
+    big = pl.concat(copies)
+    # records of one connection spread over all files: file k takes rows k, k+3, ...
+    paths = []
+    for k in range(3):
+        paths.append(tmp_path / f"part{k}.parquet")
+        big.gather_every(3, offset=k).write_parquet(paths[-1], row_group_size=50_000)
+    # the exact gate alone, eagerly, over the whole input
+    sc = pl.col("_sc")
+    counts = _client_counts(sc)
+    exact = (
+        big.filter(pl.col("proto") == 6)
+        .with_columns(_sc=_src_is_client())
+        .with_columns(_cid=_conn_id(sc), up=counts["packets_up"], down=counts["packets_down"])
+        .filter((pl.col("up").sum().over("_cid") >= 8) & (pl.col("down").sum().over("_cid") >= 8))
+    )
+    assert big.height > 300_000 and exact.height > 0
+    assert _hot(read_flow_inputs(paths).flows).frame.height == exact.height
+
+
 @pytest.mark.parametrize("ids", ["mixed", "clustered"])
 def test_bucket_gate_never_drops_a_qualifying_connection(ids: str) -> None:
     """The coarse gate keeps every row of every connection with >= 8 packets each way, with
