@@ -128,7 +128,22 @@ def test_gaps_and_pushes_from_packets() -> None:
     assert r["gap_n_up"] == len(ts) - 1
     assert r["gap_sum_up"] == pytest.approx(ts[-1] - ts[0], abs=1e-3)
     assert r["gap_sq_up"] == pytest.approx(float((np.diff(ts) ** 2).sum()), rel=1e-3)
-    assert 1 <= r["pushes_down"] <= r["pay_pkts_down"]
+    # Pushes, from tshark's packets of the connection: a server payload packet whose
+    # previous payload packet was the server's, or the client's more than 1 s before.
+    conn = (
+        tshark_tcp(XMR)
+        .filter(
+            (pl.col("tcp_len") > 0)
+            & ((pl.col("sport") == r["src_port"]) | (pl.col("dport") == r["src_port"]))
+        )
+        .with_columns(up=pl.col("sport") == r["src_port"])
+    )
+    t_all, up = conn["ts"].to_numpy(), conn["up"].to_numpy()
+    prev_up, gap = np.r_[False, up[:-1]], np.r_[np.inf, np.diff(t_all)]
+    pushes = int((~up & (~prev_up | (gap > 1.0))).sum())
+    assert r["pushes_down"] == pushes and 1 <= pushes < r["pay_pkts_down"] == int((~up).sum())
+    small = conn.filter(pl.col("up") & (pl.col("tcp_len") <= 600)).height
+    assert r["small_up"] == small
 
 
 def test_flow_records_only_and_idle_connections_leave_the_state() -> None:
@@ -155,8 +170,8 @@ def test_same_totals_as_softflowd(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("window_s", [60.0, 7.0])
 def test_flow_records_are_the_same_with_and_without_packet_statistics(window_s: float) -> None:
-    """Scans aggregate with NumPy (``packet_stats=False``), training with Polars (the packet
-    statistics): the FLOWS part of their records must not drift apart, on every shared
+    """Scans aggregate without the packet statistics (``packet_stats=False``), training
+    with them: the FLOWS part of their records must not drift apart, on every shared
     capture."""
     key = ["src_ip", "src_port", "dst_ip", "dst_port", "proto", "ts_start"]
     checked = 0

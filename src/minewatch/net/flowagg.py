@@ -5,27 +5,26 @@ TCP/UDP connection is cut into records of ``window_s`` seconds counted from the 
 first packet (as ``softflowd -t maxlife=60`` does), so that a capture and an exporter's flow
 records give the behaviour model (:mod:`minewatch.net.behavior`) the same view.
 
-Everything is grouped NumPy/Polars work over whole batches (no Python per packet):
+Everything is NumPy work over whole batches (no Python per packet), the state and pending
+records kept as arrays sorted by connection key; Polars only builds the emitted table:
 
 1. packets of a batch are keyed by their direction-free flow key (``Packets.flow``) and
-   joined to the per-connection state (start time, which side is the client, endpoints);
+   looked up in the per-connection state (start time, which side is the client, endpoints);
 2. new connections get their state from the batch itself (the client is the sender of a pure
    SYN, else the side with the higher port);
-3. per (connection, window) sums are added to the pending records; a record is emitted when
-   its window has passed (``start + (w + 1) * window_s`` is behind the newest packet), or
-   when the connection has been idle for ``idle_s``, or at :meth:`FlowAggregator.flush`.
-
-Without ``packet_stats`` the same steps run as NumPy work over arrays sorted by connection
-key (one sort of the batch by (connection, window), ``reduceat`` for the sums, minima and
-maxima), the state and pending records kept as sorted arrays; Polars only builds the emitted
-table.
+3. one sort of the batch by (connection, window), then per (connection, window) sums, minima
+   and maxima (``reduceat``) are added to the pending records; a record is emitted when its
+   window has passed (``start + (w + 1) * window_s`` is behind the newest packet), or when
+   the connection has been idle for ``idle_s``, or at :meth:`FlowAggregator.flush`.
 
 Finer per-window statistics from packets (``packet_stats=True``) ride along as extra
 columns after the FLOWS columns: payload-carrying packets and bytes each way, client→server
 payloads of at most :data:`SMALL_PAYLOAD` bytes, server pushes (server payload packets that
 do not follow client payload within :data:`REPLY_GAP_S`), and the count, sum and sum of
-squares of the gaps between client payload packets. Flow records from exporters lack them;
-the model does not need them, they only make its reasons finer.
+squares of the gaps between client payload packets. They take a second sort, of the payload
+packets by (connection, time), and three more values per connection in the state (the last
+payload times). Flow records from exporters lack them; the model does not need them, they
+only make its reasons finer.
 
 Memory: the state and the pending records hold at most a few rows per open connection;
 connections idle for ``idle_s`` are dropped.
@@ -81,26 +80,7 @@ _SUMS = (
     "gap_sq_up",
 )
 
-_STATE_SCHEMA = {
-    "flow": pl.UInt64,
-    "start_us": pl.Int64,
-    "last_us": pl.Int64,
-    "cdir": pl.UInt64,
-    "ver": pl.UInt8,
-    "proto": pl.UInt8,
-    "c_hi": pl.UInt64,
-    "c_lo": pl.UInt64,
-    "c_port": pl.Int32,
-    "s_hi": pl.UInt64,
-    "s_lo": pl.UInt64,
-    "s_port": pl.Int32,
-    "last_up_us": pl.Int64,  # last client payload packet (for gaps), or null
-    "last_pay_us": pl.Int64,  # last payload packet either way
-    "last_pay_up": pl.Boolean,  # ... and whether it was the client's
-}
-
-
-#: Per-connection state of the NumPy path (``packet_stats=False``), sorted by ``flow``.
+#: Per-connection state, sorted by ``flow``.
 _NP_STATE: dict[str, type[np.generic]] = {
     "flow": np.uint64,
     "start_us": np.int64,
@@ -114,8 +94,13 @@ _NP_STATE: dict[str, type[np.generic]] = {
     "s_hi": np.uint64,
     "s_lo": np.uint64,
     "s_port": np.int32,
+    # (packet statistics) last client payload packet, last payload packet either way (-1:
+    # none yet) and whether that one was the client's
+    "last_up_us": np.int64,
+    "last_pay_us": np.int64,
+    "last_pay_up": np.bool_,
 }
-#: Pending records of the NumPy path, sorted by (``flow``, ``w``).
+#: Pending records, sorted by (``flow``, ``w``).
 _NP_PENDING: dict[str, type[np.generic]] = {
     "flow": np.uint64,
     "w": np.int64,
@@ -126,6 +111,10 @@ _NP_PENDING: dict[str, type[np.generic]] = {
     "packets_down": np.int64,
     "bytes_up": np.int64,
     "bytes_down": np.int64,
+}
+#: ... and their packet-statistics columns (``packet_stats=True``).
+_NP_PENDING_PACKET: dict[str, type[np.generic]] = {
+    c: np.float64 if c.startswith("gap_s") else np.int64 for c in _SUMS[4:]
 }
 _Arrays = dict[str, np.ndarray]
 
@@ -164,26 +153,12 @@ class FlowAggregator:
         self.window_us = int(window_s * 1e6)
         self.idle_us = int(idle_s * 1e6)
         self.packet_stats = packet_stats
-        self.state = pl.DataFrame(schema=_STATE_SCHEMA)
-        self.pending = pl.DataFrame(schema=self._pending_schema())
         self.st = _np_empty(_NP_STATE)
-        self.pend = _np_empty(_NP_PENDING)
+        self._pend_types = _NP_PENDING | (_NP_PENDING_PACKET if packet_stats else {})
+        self.pend = _np_empty(self._pend_types)
         self.now_us = 0
         self.packets = 0
         self.records = 0
-
-    @staticmethod
-    def _pending_schema() -> dict[str, type[pl.DataType] | pl.DataType]:
-        s: dict[str, type[pl.DataType] | pl.DataType] = {
-            "flow": pl.UInt64,
-            "w": pl.Int64,
-            "first_us": pl.Int64,
-            "last_us": pl.Int64,
-            "flags": pl.UInt8,
-        }
-        for c in _SUMS:
-            s[c] = pl.Float64 if c.startswith("gap_s") else pl.Int64
-        return s
 
     # ---- input -------------------------------------------------------------------------
 
@@ -202,215 +177,9 @@ class FlowAggregator:
         ts = p.ts_us[idx]
         self.packets += len(idx)
         self.now_us = max(self.now_us, int(ts.max()))
-        if not self.packet_stats:
-            return self._add_np(p, idx, ts)
-        pk = pl.DataFrame(
-            {
-                "flow": p.flow[idx],
-                "dir": p.dirkey[idx],
-                "ts": ts,
-                "wire": p.wire_len[idx].astype(np.int64),
-                "pay": p.pay_len[idx].astype(np.int64),
-                "flags": p.flags[idx],
-                "proto": p.proto[idx],
-                "ver": p.ipver[idx],
-                "src_hi": p.src_hi[idx],
-                "src_lo": p.src_lo[idx],
-                "dst_hi": p.dst_hi[idx],
-                "dst_lo": p.dst_lo[idx],
-                "sport": p.sport[idx],
-                "dport": p.dport[idx],
-            }
-        )
-        self._new_connections(pk)
-        pk = pk.join(
-            self.state.select("flow", "start_us", "cdir"), on="flow", how="left"
-        ).with_columns(
-            up=pl.col("dir") == pl.col("cdir"),
-            w=(pl.col("ts") - pl.col("start_us")) // self.window_us,
-        )
-        if self.packet_stats:
-            pk = self._packet_columns(pk)
-        part = pk.group_by("flow", "w").agg(
-            first_us=pl.col("ts").min(),
-            last_us=pl.col("ts").max(),
-            flags=pl.col("flags").cast(pl.UInt8).bitwise_or(),
-            packets_up=pl.col("up").sum().cast(pl.Int64),
-            packets_down=(~pl.col("up")).sum().cast(pl.Int64),
-            bytes_up=pl.when(pl.col("up")).then(pl.col("wire")).otherwise(0).sum(),
-            bytes_down=pl.when(pl.col("up")).then(0).otherwise(pl.col("wire")).sum(),
-            **self._packet_aggs(),
-        )
-        self.pending = (
-            pl.concat([self.pending, part.select(self.pending.columns)], how="vertical_relaxed")
-            .group_by("flow", "w")
-            .agg(
-                pl.col("first_us").min(),
-                pl.col("last_us").max(),
-                pl.col("flags").bitwise_or(),
-                *(pl.col(c).sum() for c in _SUMS),
-            )
-        )
-        last = pk.group_by("flow").agg(seen=pl.col("ts").max())
-        self.state = (
-            self.state.join(last, on="flow", how="left")
-            .with_columns(last_us=pl.max_horizontal("last_us", "seen"))
-            .drop("seen")
-        )
-        return self._emit(final=False)
+        return self._add_np(p, idx, ts)
 
-    def _new_connections(self, pk: pl.DataFrame) -> None:
-        fresh = pk.join(self.state.select("flow"), on="flow", how="anti")
-        if fresh.height == 0:
-            return
-        syn = (pl.col("flags") & SYN) != 0
-        pure_syn = syn & ((pl.col("flags") & ACK) == 0) & (pl.col("proto") == TCP)
-        # Client: the sender of a pure SYN; else the side with the higher port; else the
-        # sender of the first packet.
-        first = fresh.sort("ts").group_by("flow", maintain_order=True).first()
-        syn_dir = (
-            fresh.filter(pure_syn).sort("ts").group_by("flow").agg(syn_dir=pl.col("dir").first())
-        )
-        new = first.join(syn_dir, on="flow", how="left").with_columns(
-            src_is_client=pl.when(pl.col("syn_dir").is_not_null())
-            .then(pl.col("syn_dir") == pl.col("dir"))
-            .when(pl.col("sport") != pl.col("dport"))
-            .then(pl.col("sport") > pl.col("dport"))
-            .otherwise(True)
-        )
-        c = pl.col("src_is_client")
-        new = new.select(
-            "flow",
-            start_us=pl.col("ts"),
-            last_us=pl.col("ts"),
-            cdir=pl.when(c).then(pl.col("dir")).otherwise(pl.lit(None, pl.UInt64)),
-            ver=pl.col("ver"),
-            proto=pl.col("proto"),
-            c_hi=pl.when(c).then(pl.col("src_hi")).otherwise(pl.col("dst_hi")),
-            c_lo=pl.when(c).then(pl.col("src_lo")).otherwise(pl.col("dst_lo")),
-            c_port=pl.when(c).then(pl.col("sport")).otherwise(pl.col("dport")),
-            s_hi=pl.when(c).then(pl.col("dst_hi")).otherwise(pl.col("src_hi")),
-            s_lo=pl.when(c).then(pl.col("dst_lo")).otherwise(pl.col("src_lo")),
-            s_port=pl.when(c).then(pl.col("dport")).otherwise(pl.col("sport")),
-            src_is_client=c,
-        )
-        # The client's direction key when the first packet came from the server: the key of
-        # any packet of that connection sent by the other side.
-        other = (
-            fresh.join(new.select("flow", "src_is_client"), on="flow")
-            .join(first.select("flow", first_dir="dir"), on="flow")
-            .filter(~pl.col("src_is_client") & (pl.col("dir") != pl.col("first_dir")))
-            .group_by("flow")
-            .agg(odir=pl.col("dir").first())
-        )
-        new = (
-            new.join(other, on="flow", how="left")
-            .with_columns(cdir=pl.coalesce("cdir", "odir"))
-            .drop("odir", "src_is_client")
-            .with_columns(
-                last_up_us=pl.lit(None, pl.Int64),
-                last_pay_us=pl.lit(None, pl.Int64),
-                last_pay_up=pl.lit(None, pl.Boolean),
-            )
-        )
-        # A connection whose client never sent in this batch: its direction key is not
-        # known yet. Mark it with 0 and learn it from the first packet of the other side.
-        new = new.with_columns(pl.col("cdir").fill_null(0))
-        self.state = pl.concat([self.state, new.select(self.state.columns)], how="vertical_relaxed")
-        self._learn_client_dirs(pk)
-
-    def _learn_client_dirs(self, pk: pl.DataFrame) -> None:
-        unknown = self.state.filter(pl.col("cdir") == 0)
-        if unknown.height == 0:
-            return
-        known = (
-            pk.join(unknown.select("flow", "s_port"), on="flow")
-            .filter(pl.col("sport") != pl.col("s_port"))
-            .group_by("flow")
-            .agg(newdir=pl.col("dir").first())
-        )
-        if known.height:
-            self.state = (
-                self.state.join(known, on="flow", how="left")
-                .with_columns(cdir=pl.coalesce("newdir", "cdir"))
-                .drop("newdir")
-            )
-
-    def _packet_columns(self, pk: pl.DataFrame) -> pl.DataFrame:
-        """Server pushes and client payload gaps, per packet (null/0 for the others)."""
-        pk = pk.with_row_index("_i")
-        pay = pk.filter(pl.col("pay") > 0)
-        if pay.height == 0:
-            return pk.drop("_i").with_columns(
-                pushes_down=pl.lit(0, pl.Int64), gap_up=pl.lit(None, pl.Float64)
-            )
-        prev = self.state.select("flow", "last_up_us", "last_pay_us", "last_pay_up")
-        pay = pay.sort("flow", "ts", "_i").join(prev, on="flow", how="left", maintain_order="left")
-        same = pl.col("flow") == pl.col("flow").shift(1)
-        pay = pay.with_columns(
-            prev_ts=pl.when(same).then(pl.col("ts").shift(1)).otherwise(pl.col("last_pay_us")),
-            prev_up=pl.when(same).then(pl.col("up").shift(1)).otherwise(pl.col("last_pay_up")),
-        ).with_columns(
-            pushes_down=(
-                ~pl.col("up")
-                & (
-                    pl.col("prev_ts").is_null()
-                    | ~pl.col("prev_up").fill_null(False)
-                    | ((pl.col("ts") - pl.col("prev_ts")) > REPLY_GAP_S * 1e6)
-                )
-            ).cast(pl.Int64)
-        )
-        ups = pay.filter(pl.col("up")).with_columns(
-            gap_up=(
-                pl.col("ts")
-                - pl.when(same).then(pl.col("ts").shift(1)).otherwise(pl.col("last_up_us"))
-            )
-            / 1e6
-        )
-        # Carry the last payload times of each connection into the state.
-        last = pay.group_by("flow").agg(
-            lp=pl.col("ts").last(),
-            lpu=pl.col("up").last(),
-            lu=pl.col("ts").filter(pl.col("up")).last(),
-        )
-        self.state = (
-            self.state.join(last, on="flow", how="left")
-            .with_columns(
-                last_pay_us=pl.coalesce("lp", "last_pay_us"),
-                last_pay_up=pl.coalesce("lpu", "last_pay_up"),
-                last_up_us=pl.coalesce("lu", "last_up_us"),
-            )
-            .drop("lp", "lpu", "lu")
-        )
-        return (
-            pk.join(pay.select("_i", "pushes_down"), on="_i", how="left")
-            .join(ups.select("_i", "gap_up"), on="_i", how="left")
-            .drop("_i")
-            .with_columns(pl.col("pushes_down").fill_null(0))
-        )
-
-    def _packet_aggs(self) -> dict[str, pl.Expr]:
-        if not self.packet_stats:
-            zero = pl.lit(0, pl.Int64)
-            return {
-                c: (zero.cast(pl.Float64) if c.startswith("gap_s") else zero).sum()
-                for c in _SUMS[4:]
-            }
-        up, pay = pl.col("up"), pl.col("pay")
-        gap = pl.col("gap_up")
-        return {
-            "pay_pkts_up": (up & (pay > 0)).sum().cast(pl.Int64),
-            "pay_pkts_down": (~up & (pay > 0)).sum().cast(pl.Int64),
-            "pay_bytes_up": pl.when(up).then(pay).otherwise(0).sum(),
-            "pay_bytes_down": pl.when(up).then(0).otherwise(pay).sum(),
-            "small_up": (up & (pay > 0) & (pay <= SMALL_PAYLOAD)).sum().cast(pl.Int64),
-            "pushes_down": pl.col("pushes_down").sum().cast(pl.Int64),
-            "gap_n_up": gap.is_not_null().sum().cast(pl.Int64),
-            "gap_sum_up": gap.sum().cast(pl.Float64),
-            "gap_sq_up": (gap * gap).sum().cast(pl.Float64),
-        }
-
-    # ---- NumPy path (packet_stats=False) ------------------------------------------------
+    # ---- the NumPy work ---------------------------------------------------------------
 
     def _lookup(self, flow: np.ndarray) -> np.ndarray:
         """Row of each key in the state, -1 when not there."""
@@ -459,6 +228,9 @@ class FlowAggregator:
             "bytes_up": bytes_up,
             "bytes_down": np.add.reduceat(wire, b) - bytes_up,
         }
+        if self.packet_stats:
+            pay = p.pay_len[idx].astype(np.int64)
+            part |= self._packet_sums(si, ts, up, pay, order, b)
         # Newest packet of each connection (groups are sorted by connection first).
         sb = so[b]
         fb = _starts(sb)
@@ -466,6 +238,65 @@ class FlowAggregator:
         st["last_us"][rows] = np.maximum(st["last_us"][rows], np.maximum.reduceat(last, fb))
         self._merge_pending_np(part)
         return self._emit_np(final=False)
+
+    def _packet_sums(
+        self,
+        si: np.ndarray,
+        ts: np.ndarray,
+        up: np.ndarray,
+        pay: np.ndarray,
+        order: np.ndarray,
+        b: np.ndarray,
+    ) -> _Arrays:
+        """Per-(connection, window) packet statistics of a batch (groups ``b`` of ``order``),
+        and the state's last payload times carried forward.
+
+        Payload packets in (connection, time, batch position) order: a server payload packet
+        is a push unless the connection's previous payload packet (in this batch or, for
+        its first, the state's) was the client's and at most :data:`REPLY_GAP_S` earlier;
+        a client payload packet's gap is the time since the connection's previous client
+        payload packet (none for the first ever)."""
+        st = self.st
+        n = len(ts)
+        push = np.zeros(n, np.int64)
+        gap = np.full(n, np.nan)
+        at = np.flatnonzero(pay > 0)
+        if len(at):
+            at = at[np.lexsort((at, ts[at], si[at]))]
+            s_, t_, u_ = si[at], ts[at], up[at]
+            first = np.r_[True, s_[1:] != s_[:-1]]
+            prev_t = np.where(first, st["last_pay_us"][s_], np.r_[0, t_[:-1]])
+            prev_u = np.where(first, st["last_pay_up"][s_], np.r_[False, u_[:-1]])
+            fresh = prev_t < 0
+            push[at] = ~u_ & (fresh | ~prev_u | (t_ - prev_t > REPLY_GAP_S * 1e6))
+            ua = at[u_]
+            if len(ua):
+                su, tu = s_[u_], t_[u_]
+                ufirst = np.r_[True, su[1:] != su[:-1]]
+                prev = np.where(ufirst, st["last_up_us"][su], np.r_[0, tu[:-1]])
+                gap[ua] = np.where(prev < 0, np.nan, (tu - prev) / 1e6)
+                last_u = np.r_[ufirst[1:], True]  # last client payload per connection
+                st["last_up_us"][su[last_u]] = tu[last_u]
+            last = np.r_[first[1:], True]  # last payload packet per connection
+            st["last_pay_us"][s_[last]] = t_[last]
+            st["last_pay_up"][s_[last]] = u_[last]
+        upo, payo = up[order], pay[order]
+        has = payo > 0
+        gapo = gap[order]
+        has_gap = ~np.isnan(gapo)
+        gapo = np.where(has_gap, gapo, 0.0)
+        pay_up = np.where(upo, payo, 0)
+        return {
+            "pay_pkts_up": np.add.reduceat((upo & has).astype(np.int64), b),
+            "pay_pkts_down": np.add.reduceat((~upo & has).astype(np.int64), b),
+            "pay_bytes_up": np.add.reduceat(pay_up, b),
+            "pay_bytes_down": np.add.reduceat(payo, b) - np.add.reduceat(pay_up, b),
+            "small_up": np.add.reduceat((upo & has & (payo <= SMALL_PAYLOAD)).astype(np.int64), b),
+            "pushes_down": np.add.reduceat(push[order], b),
+            "gap_n_up": np.add.reduceat(has_gap.astype(np.int64), b),
+            "gap_sum_up": np.add.reduceat(gapo, b),
+            "gap_sq_up": np.add.reduceat(gapo * gapo, b),
+        }
 
     def _new_connections_np(
         self, p: Packets, idx: np.ndarray, ts: np.ndarray, si: np.ndarray, fresh: np.ndarray
@@ -506,6 +337,9 @@ class FlowAggregator:
             "s_hi": np.where(client, dh, sh),
             "s_lo": np.where(client, dl, sl),
             "s_port": np.where(client, dp, sp),
+            "last_up_us": np.full(k, -1, np.int64),
+            "last_pay_us": np.full(k, -1, np.int64),
+            "last_pay_up": np.zeros(k, bool),
         }
         n_old = len(self.st["flow"])
         o = np.argsort(np.concatenate([self.st["flow"], new["flow"]]), kind="stable")
@@ -549,7 +383,7 @@ class FlowAggregator:
         if len(pend["flow"]) == 0:
             self.pend = part
             return
-        a = {c: np.concatenate([pend[c], part[c]]) for c in _NP_PENDING}
+        a = {c: np.concatenate([pend[c], part[c]]) for c in self._pend_types}
         order = np.lexsort((a["w"], a["flow"]))
         a = {c: v[order] for c, v in a.items()}
         f, w = a["flow"], a["w"]
@@ -563,7 +397,7 @@ class FlowAggregator:
             "first_us": np.minimum.reduceat(a["first_us"], b),
             "last_us": np.maximum.reduceat(a["last_us"], b),
             "flags": np.bitwise_or.reduceat(a["flags"], b),
-            **{c: np.add.reduceat(a[c], b) for c in _SUMS[:4]},
+            **{c: np.add.reduceat(a[c], b) for c in _SUMS if c in a},
         }
 
     def _emit_np(self, final: bool) -> pa.Table:
@@ -595,35 +429,6 @@ class FlowAggregator:
         return self._to_arrow(pl.DataFrame(cols))
 
     # ---- output ------------------------------------------------------------------------
-
-    def _emit(self, final: bool) -> pa.Table:
-        if not self.packet_stats:
-            return self._emit_np(final)
-        if self.pending.height == 0:
-            self._expire()
-            return self._empty()
-        joined = self.pending.join(self.state, on="flow", how="left")
-        if final:
-            done = joined
-        else:
-            w_end = pl.col("start_us") + (pl.col("w") + 1) * self.window_us
-            idle = pl.col("last_us_right") < self.now_us - self.idle_us
-            done = joined.filter((w_end <= self.now_us) | idle)
-        if done.height:
-            keys = done.select("flow", "w")
-            self.pending = self.pending.join(keys, on=["flow", "w"], how="anti")
-        self._expire()
-        if done.height == 0:
-            return self._empty()
-        self.records += done.height
-        return self._to_arrow(done.sort("first_us"))
-
-    def _expire(self) -> None:
-        cutoff = self.now_us - self.idle_us
-        gone = self.state.filter(pl.col("last_us") < cutoff).select("flow")
-        if gone.height:
-            gone = gone.join(self.pending.select("flow").unique(), on="flow", how="anti")
-            self.state = self.state.join(gone, on="flow", how="anti")
 
     def _to_arrow(self, done: pl.DataFrame) -> pa.Table:
         v4 = pl.col("ver") == 4
@@ -659,15 +464,13 @@ class FlowAggregator:
 
     def flush(self) -> pa.Table:
         """End of input: every pending record."""
-        out = self._emit(final=True)
-        self.pending = self.pending.clear()
-        self.state = self.state.clear()
+        out = self._emit_np(final=True)
         self.st = _np_empty(_NP_STATE)
-        self.pend = _np_empty(_NP_PENDING)
+        self.pend = _np_empty(self._pend_types)
         return out
 
     def open_connections(self) -> int:
-        return self.state.height if self.packet_stats else len(self.st["flow"])
+        return len(self.st["flow"])
 
 
 def aggregate(
