@@ -89,6 +89,9 @@ def test_tls_mining_is_reported_by_scan_and_by_the_flow_path(lab_traffic: LabTra
     assert d["confidence"] >= default_model().threshold
     assert any("connection open" in r for r in d["reasons"])
     assert any("client→server" in r for r in d["reasons"])
+    # finer from packets: the pool's job pushes and the miner's small submissions
+    assert any("unsolicited server messages" in r for r in d["reasons"]), d["reasons"]
+    assert any("small client→server payloads" in r for r in d["reasons"]), d["reasons"]
     flow_found = detect(flows_from_pcap(s.pcap))
     assert keys(flow_found) == keys(found)
 

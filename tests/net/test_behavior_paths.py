@@ -174,6 +174,28 @@ def test_gate_over_a_lazy_scan_of_many_files_keeps_whole_connections(
     assert _hot(read_flow_inputs(paths).flows).frame.height == exact.height
 
 
+def test_sliding_detector_sums_packet_statistics_across_batches() -> None:
+    """The live detector keeps per-connection sums of the packet statistics (for the reasons
+    of ``scan``'s detections): the same sums as the records', whichever batch they came in,
+    and dropped with the connection."""
+    from minewatch.net.behavior import _PACKET_COLS, SlidingDetector
+    from minewatch.net.flowagg import aggregate_file
+
+    recs = aggregate_file(SHARED / "mining" / "xmr.suprnova.cc.pcapng", window_s=7.0).flows
+    frame = pl.from_arrow(recs)
+    assert isinstance(frame, pl.DataFrame)
+    tcp = frame.filter(pl.col("proto") == 6)
+    assert tcp.height >= 4 and tcp["pushes_down"].sum() > 0
+    det = SlidingDetector(threshold=1.1)  # nothing reported: only the sums are looked at
+    for part in np.array_split(np.arange(recs.num_rows), 3):
+        det(recs.take(part))
+    want = tcp.group_by(CONN_KEY).agg(pl.col(c).sum() for c in _PACKET_COLS)
+    got = det.packets.select(want.columns)
+    assert got.sort(CONN_KEY).equals(want.sort(CONN_KEY).cast(got.schema))
+    det.finish()
+    assert det.packets.height == 0
+
+
 @pytest.mark.parametrize("ids", ["mixed", "clustered"])
 def test_bucket_gate_never_drops_a_qualifying_connection(ids: str) -> None:
     """The coarse gate keeps every row of every connection with >= 8 packets each way, with

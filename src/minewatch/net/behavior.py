@@ -1116,6 +1116,14 @@ class SlidingDetector:
             **_STATE_COLS,
         }
         self.state = pl.DataFrame(schema=schema)
+        # Packet statistics per connection (flow records made from packets carry them: see
+        # flowagg's packet_stats); only what the reasons show, the model does not use them.
+        self.packets = pl.DataFrame(
+            schema={
+                **{c: schema[c] for c in CONN_KEY},
+                **{c: pl.Float64 if c.startswith("gap_s") else pl.Int64 for c in _PACKET_COLS},
+            }
+        )
         # connection key -> (time first detected, highest confidence so far)
         self.reported: dict[tuple[Any, ...], tuple[float, float]] = {}
         self.names: dict[str, str] = {}
@@ -1137,6 +1145,8 @@ class SlidingDetector:
         if o.height == 0:
             return []
         key = list(CONN_KEY)
+        if all(c in batch.schema.names for c in _PACKET_COLS):
+            self._add_packets(batch)
         # Totals of this batch per record (in time order), then on top of what came before.
         run = running_totals(o)
         prev = self.state.rename({c: f"{c}_p" for c in _STATE_COLS})
@@ -1177,7 +1187,11 @@ class SlidingDetector:
             )
             fresh = summary.join(done, on=key, how="anti")
         recs = _records(
-            fresh, intel=self.intel, names=self.names, packet_totals=None, threshold=self.threshold
+            fresh,
+            intel=self.intel,
+            names=self.names,
+            packet_totals=self._packet_totals(fresh),
+            threshold=self.threshold,
         )
         for r in fresh.select(key).iter_rows():  # one per newly detected connection
             self.announced.add(tuple(r))
@@ -1216,9 +1230,51 @@ class SlidingDetector:
             summary,
             intel=self.intel,
             names=self.names,
-            packet_totals=None,
+            packet_totals=self._packet_totals(summary),
             threshold=self.threshold,
         )
+
+    def _add_packets(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Add a batch's packet statistics to the connections' sums (keys oriented as
+        :func:`orient` does; the counts are the client's and the server's as the records
+        give them)."""
+        sc = pl.col("_sc")
+
+        def pick(a: str, b: str) -> pl.Expr:
+            return pl.when(sc).then(pl.col(a)).otherwise(pl.col(b))
+
+        part = (
+            _to_frame(batch)
+            .filter(pl.col("proto") == 6)
+            .with_columns(_sc=_src_is_client())
+            .select(
+                src_ip=pick("src_ip", "dst_ip"),
+                src_port=pick("src_port", "dst_port"),
+                dst_ip=pick("dst_ip", "src_ip"),
+                dst_port=pick("dst_port", "src_port"),
+                proto=pl.col("proto"),
+                **{c: pl.col(c).fill_null(0) for c in _PACKET_COLS},
+            )
+        )
+        key = list(CONN_KEY)
+        touched = part.select(key).unique()
+        merged = (
+            pl.concat(
+                [self.packets.join(touched, on=key, how="semi"), part], how="vertical_relaxed"
+            )
+            .group_by(key)
+            .agg(pl.col(c).sum() for c in _PACKET_COLS)
+            .select(self.packets.columns)
+            .cast(self.packets.schema)
+        )
+        self.packets = pl.concat([self.packets.join(touched, on=key, how="anti"), merged])
+
+    def _packet_totals(self, rows: pl.DataFrame) -> pl.DataFrame | None:
+        """Packet statistics of some connections, or None when there are none."""
+        if self.packets.height == 0:
+            return None
+        key = list(CONN_KEY)
+        return self.packets.join(rows.select(key), on=key, how="semi")
 
     def _expire(self) -> None:
         top = self.state["last_t"].max()
@@ -1231,11 +1287,15 @@ class SlidingDetector:
                 self.reported.pop(tuple(k), None)
                 self.announced.discard(tuple(k))
             self.state = self.state.filter(~old)
+            if self.packets.height:
+                key = list(CONN_KEY)
+                self.packets = self.packets.join(gone.select(key), on=key, how="anti")
 
     def finish(self) -> list[dict[str, Any]]:
         """End of input: final records for every detected connection still open."""
         out = self._final(self.state)
         self.state = self.state.clear()
+        self.packets = self.packets.clear()
         self.reported.clear()
         self.announced.clear()
         return out

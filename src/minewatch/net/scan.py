@@ -213,7 +213,7 @@ class Scanner:
         self._last_idle_check = -math.inf
         self._now = 0.0
         # Behaviour model over per-connection flow windows (TLS and other payload-less mining).
-        self.flowagg = FlowAggregator(BEHAVIOR_WINDOW_S, idle_s, packet_stats=False)
+        self.flowagg = FlowAggregator(BEHAVIOR_WINDOW_S, idle_s, packet_stats=True)
         self.behavior = SlidingDetector(
             intel=self.intel, idle_s=max(idle_s, 900.0), every_record=live
         )
