@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from minewatch.lab.behavior_data import service_port
 from minewatch.lab.stratum_client import StratumV1Session, capture_stratum_v1_session
 from minewatch.lab.xmrig import XmrigSession, capture_xmrig_session, fake_monero_address
 
@@ -67,6 +68,7 @@ def xmrig_tls_capture(tmp_path_factory: pytest.TempPathFactory) -> XmrigSession:
         wallet=XMRIG_TLS_WALLET,
         rig_id="rig-tls-01",
         password="worker-tls",
+        port=service_port(),
         duration=XMRIG_SECONDS,
         difficulty=XMRIG_DIFFICULTY,
         job_interval=XMRIG_JOB_INTERVAL,

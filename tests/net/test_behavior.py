@@ -31,6 +31,7 @@ from minewatch.lab.behavior_data import (
     benign_capture,
     flows_from_pcap,
     flows_from_softflowd,
+    service_port,
     softflowd_export,
 )
 from minewatch.lab.xmrig import XmrigSession, capture_xmrig_session, fake_monero_address
@@ -149,6 +150,7 @@ def lab_traffic(tmp_path_factory: pytest.TempPathFactory) -> LabTraffic:
             job_interval=20.0,
             tls=True,
             keepalive=True,
+            port=service_port(),
         )
         entries = [
             stack.enter_context(benign_capture(name, root / name, seed))

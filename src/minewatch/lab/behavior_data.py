@@ -149,6 +149,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def service_port() -> int:
+    """A free port below Linux's ephemeral range (32768–60999), where pools and other
+    services listen (3333, 443, 14433, ...). One-way flow records (softflowd, routers) are
+    oriented by port (see docs/behavior-model.md), so a lab pool on an ephemeral port, above
+    its client's, would be seen the wrong way round by that path half the time."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in 20000-31999 on {LOOPBACK}")
+
+
 def wait_port(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
