@@ -40,7 +40,7 @@ submissions) get features and a score; everything else is a handful of compariso
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -234,10 +234,12 @@ def _client_counts(sc: pl.Expr) -> dict[str, pl.Expr]:
     }
 
 
-def orient(flows: pa.Table | pa.RecordBatch | pl.DataFrame) -> pl.DataFrame:
+def orient(
+    flows: pa.Table | pa.RecordBatch | pl.DataFrame, extra: Sequence[str] = ()
+) -> pl.DataFrame:
     """TCP records with the client (:func:`_src_is_client`) as ``src``, times in seconds
     (``t0``, ``t1``) and microseconds (``t0_us``, ``t1_us``), counts up and down scaled by
-    the sampling rate."""
+    the sampling rate; ``extra`` input columns are carried as they are (nulls as 0)."""
     sc = pl.col("_sc")
     t0, t1 = _times_us()
 
@@ -257,6 +259,7 @@ def orient(flows: pa.Table | pa.RecordBatch | pl.DataFrame) -> pl.DataFrame:
         t1=t1 / 1e6,
         **_client_counts(sc),
         sni=pl.col("sni"),
+        **{c: pl.col(c).fill_null(0) for c in extra},
     )
 
 
@@ -325,10 +328,10 @@ def _seg_cummin(v: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.nd
     return out
 
 
-def _sort_order(cid: np.ndarray, t1_us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row order by (connection id, record end), and where each connection starts in it; the
-    order of records that end at the same instant is left open (it does not matter: see
-    :class:`Running`).
+def _sort_order(cid: np.ndarray, t1_us: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row order by (connection id, record end), where each connection starts in it, and
+    each row's connection number; the order of records that end at the same instant is
+    left open (it does not matter: see :class:`Running`).
 
     Two NumPy sorts, no comparison of composite rows: the ids are sorted once (quicksort) and
     numbered, then (number, end time) is packed into one 64-bit key that is already sorted
@@ -352,9 +355,9 @@ def _sort_order(cid: np.ndarray, t1_us: np.ndarray) -> tuple[np.ndarray, np.ndar
         key <<= np.uint64(span_bits)
         t1 -= lo
         key |= t1.view(np.uint64)
-        return p[np.argsort(key, kind="stable")], start
+        return p[np.argsort(key, kind="stable")], start, gid
     again = pl.DataFrame({"g": gid, "a": t1}).select(pl.arg_sort_by("g", "a"))
-    return p[again.to_series().to_numpy()], start
+    return p[again.to_series().to_numpy()], start, gid
 
 
 def _running(
@@ -368,10 +371,9 @@ def _running(
 ) -> Running:
     """Sort once by (connection id, record end); totals over the sorted rows."""
     n = len(cid)
-    perm, start = _sort_order(cid, t1_us)
+    perm, start, gid = _sort_order(cid, t1_us)
     starts = np.flatnonzero(start)
     lengths = np.diff(np.append(starts, n))
-    gid = np.cumsum(start) - 1
     t1 = t1_us[perm]
     moment_end = np.empty(n, dtype=bool)
     if n:
@@ -687,7 +689,7 @@ def _bucket_gate(s: pl.Series) -> pl.Series:
     """Rows that may belong to a connection with :data:`MIN_PACKETS` packets each way.
 
     Packet counts (clipped at :data:`MIN_PACKETS`) are summed per bucket of connection ids:
-    the top bits of the already mixed 64-bit id, about two buckets per row (2**16 to 2**24
+    the top bits of the already mixed 64-bit id, two to four buckets per row (2**16 to 2**24
     buckets). A bucket's sums are at least those of every connection in it, so no
     connection that qualifies is dropped; the exact per-connection gate then runs over the
     rows left, far fewer, where a hash aggregation is cheap. ``np.add.at`` on ``uint32``
@@ -1141,12 +1143,14 @@ class SlidingDetector:
         return self.model.threshold if self._threshold is None else self._threshold
 
     def __call__(self, batch: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
-        o = orient(batch)
+        packets = all(c in batch.schema.names for c in _PACKET_COLS)
+        o = orient(batch, _PACKET_COLS if packets else ())
         if o.height == 0:
             return []
         key = list(CONN_KEY)
-        if all(c in batch.schema.names for c in _PACKET_COLS):
-            self._add_packets(batch)
+        if packets:
+            self._add_packets(o.select(*key, *_PACKET_COLS))
+            o = o.drop(_PACKET_COLS)
         # Totals of this batch per record (in time order), then on top of what came before.
         run = running_totals(o)
         prev = self.state.rename({c: f"{c}_p" for c in _STATE_COLS})
@@ -1234,28 +1238,9 @@ class SlidingDetector:
             threshold=self.threshold,
         )
 
-    def _add_packets(self, batch: pa.RecordBatch | pa.Table) -> None:
-        """Add a batch's packet statistics to the connections' sums (keys oriented as
-        :func:`orient` does; the counts are the client's and the server's as the records
-        give them)."""
-        sc = pl.col("_sc")
-
-        def pick(a: str, b: str) -> pl.Expr:
-            return pl.when(sc).then(pl.col(a)).otherwise(pl.col(b))
-
-        part = (
-            _to_frame(batch)
-            .filter(pl.col("proto") == 6)
-            .with_columns(_sc=_src_is_client())
-            .select(
-                src_ip=pick("src_ip", "dst_ip"),
-                src_port=pick("src_port", "dst_port"),
-                dst_ip=pick("dst_ip", "src_ip"),
-                dst_port=pick("dst_port", "src_port"),
-                proto=pl.col("proto"),
-                **{c: pl.col(c).fill_null(0) for c in _PACKET_COLS},
-            )
-        )
+    def _add_packets(self, part: pl.DataFrame) -> None:
+        """Add a batch's packet statistics (connection key as :func:`orient` gives it, then
+        :data:`_PACKET_COLS`) to the connections' sums."""
         key = list(CONN_KEY)
         touched = part.select(key).unique()
         merged = (
