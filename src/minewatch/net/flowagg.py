@@ -285,12 +285,12 @@ class FlowAggregator:
         gapo = gap[order]
         has_gap = ~np.isnan(gapo)
         gapo = np.where(has_gap, gapo, 0.0)
-        pay_up = np.where(upo, payo, 0)
+        pay_up = np.add.reduceat(np.where(upo, payo, 0), b)
         return {
             "pay_pkts_up": np.add.reduceat((upo & has).astype(np.int64), b),
             "pay_pkts_down": np.add.reduceat((~upo & has).astype(np.int64), b),
-            "pay_bytes_up": np.add.reduceat(pay_up, b),
-            "pay_bytes_down": np.add.reduceat(payo, b) - np.add.reduceat(pay_up, b),
+            "pay_bytes_up": pay_up,
+            "pay_bytes_down": np.add.reduceat(payo, b) - pay_up,
             "small_up": np.add.reduceat((upo & has & (payo <= SMALL_PAYLOAD)).astype(np.int64), b),
             "pushes_down": np.add.reduceat(push[order], b),
             "gap_n_up": np.add.reduceat(has_gap.astype(np.int64), b),
