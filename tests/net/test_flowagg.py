@@ -140,8 +140,14 @@ def test_gaps_and_pushes_from_packets() -> None:
     )
     t_all, up = conn["ts"].to_numpy(), conn["up"].to_numpy()
     prev_up, gap = np.r_[False, up[:-1]], np.r_[np.inf, np.diff(t_all)]
-    pushes = int((~up & (~prev_up | (gap > 1.0))).sum())
+    is_push = ~up & (~prev_up | (gap > 1.0))
+    pushes = int(is_push.sum())
     assert r["pushes_down"] == pushes and 1 <= pushes < r["pay_pkts_down"] == int((~up).sum())
+    size = conn["tcp_len"].to_numpy().astype(np.float64)
+    assert r["push_bytes_down"] == int(size[is_push].sum())
+    assert r["push_sq_down"] == pytest.approx(float((size[is_push] ** 2).sum()))
+    assert r["pay_sq_up"] == pytest.approx(float((size[up] ** 2).sum()))
+    assert r["pay_sq_down"] == pytest.approx(float((size[~up] ** 2).sum()))
     small = conn.filter(pl.col("up") & (pl.col("tcp_len") <= 600)).height
     assert r["small_up"] == small
 

@@ -20,11 +20,13 @@ records kept as arrays sorted by connection key; Polars only builds the emitted 
 Finer per-window statistics from packets (``packet_stats=True``) ride along as extra
 columns after the FLOWS columns: payload-carrying packets and bytes each way, client→server
 payloads of at most :data:`SMALL_PAYLOAD` bytes, server pushes (server payload packets that
-do not follow client payload within :data:`REPLY_GAP_S`), and the count, sum and sum of
-squares of the gaps between client payload packets. They take a second sort, of the payload
-packets by (connection, time), and three more values per connection in the state (the last
-payload times). Flow records from exporters lack them; the model does not need them, they
-only make its reasons finer.
+do not follow client payload within :data:`REPLY_GAP_S`; the others are replies), the
+count, sum and sum of squares of the gaps between client payload packets, the sums of
+squared payload sizes each way, and the bytes and squared sizes of the pushes. They take a
+second sort, of the payload packets by (connection, time), and three more values per
+connection in the state (the last payload times). Flow records from exporters lack them;
+the behaviour model's packet variant (``behavior.PACKET_FEATURES``) reads them, and they
+make the reasons of ``minewatch scan``'s detections finer.
 
 Memory: the state and the pending records hold at most a few rows per open connection;
 connections idle for ``idle_s`` are dropped.
@@ -61,6 +63,10 @@ PACKET_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("gap_n_up", pa.int64()),
     ("gap_sum_up", pa.float64()),
     ("gap_sq_up", pa.float64()),
+    ("pay_sq_up", pa.float64()),
+    ("pay_sq_down", pa.float64()),
+    ("push_bytes_down", pa.int64()),
+    ("push_sq_down", pa.float64()),
 )
 FLOWS_PACKET = pa.schema([*FLOWS, *(pa.field(n, t) for n, t in PACKET_COLUMNS)])
 
@@ -78,6 +84,10 @@ _SUMS = (
     "gap_n_up",
     "gap_sum_up",
     "gap_sq_up",
+    "pay_sq_up",
+    "pay_sq_down",
+    "push_bytes_down",
+    "push_sq_down",
 )
 
 #: Per-connection state, sorted by ``flow``.
@@ -114,7 +124,7 @@ _NP_PENDING: dict[str, type[np.generic]] = {
 }
 #: ... and their packet-statistics columns (``packet_stats=True``).
 _NP_PENDING_PACKET: dict[str, type[np.generic]] = {
-    c: np.float64 if c.startswith("gap_s") else np.int64 for c in _SUMS[4:]
+    n: np.float64 if t == pa.float64() else np.int64 for n, t in PACKET_COLUMNS
 }
 _Arrays = dict[str, np.ndarray]
 
@@ -286,6 +296,9 @@ class FlowAggregator:
         has_gap = ~np.isnan(gapo)
         gapo = np.where(has_gap, gapo, 0.0)
         pay_up = np.add.reduceat(np.where(upo, payo, 0), b)
+        pushed = push[order].astype(bool)
+        sq = payo.astype(np.float64) ** 2
+        sq_up = np.add.reduceat(np.where(upo, sq, 0.0), b)
         return {
             "pay_pkts_up": np.add.reduceat((upo & has).astype(np.int64), b),
             "pay_pkts_down": np.add.reduceat((~upo & has).astype(np.int64), b),
@@ -296,6 +309,10 @@ class FlowAggregator:
             "gap_n_up": np.add.reduceat(has_gap.astype(np.int64), b),
             "gap_sum_up": np.add.reduceat(gapo, b),
             "gap_sq_up": np.add.reduceat(gapo * gapo, b),
+            "pay_sq_up": sq_up,
+            "pay_sq_down": np.add.reduceat(sq, b) - sq_up,
+            "push_bytes_down": np.add.reduceat(np.where(pushed, payo, 0), b),
+            "push_sq_down": np.add.reduceat(np.where(pushed, sq, 0.0), b),
         }
 
     def _new_connections_np(
