@@ -5,7 +5,9 @@
   with ``detector: "behavior"``, and by the flow path;
 - the shared benign captures and real benign long-lived traffic made here (mosquitto
   keepalives, redis pub/sub, an OpenSSH session, a PostgreSQL pool) give no detection;
-- softflowd's NetFlow export of a capture gives the same verdicts as the packet path;
+- softflowd's NetFlow export of a capture gives the same verdicts as the packet path's flow
+  records (both scored by the flow model); the packet model, which ``scan`` uses, reports
+  the same connections on these captures;
 - the collector's detector hook prints the detection; ``minewatch flows detect`` reads a store.
 """
 
@@ -37,12 +39,17 @@ from minewatch.lab.behavior_data import (
 from minewatch.lab.xmrig import XmrigSession, capture_xmrig_session, fake_monero_address
 from minewatch.net.behavior import (
     CONN_KEY,
+    FEATURES,
+    PACKET_FEATURES,
+    PACKET_TOTALS,
     BehaviorModel,
     SlidingDetector,
     connection_features,
     default_model,
+    default_packet_model,
     detect,
     eligible,
+    model_for,
     read_flow_inputs,
 )
 from minewatch.net.collector import FlowCollector, serve
@@ -76,6 +83,21 @@ def test_model_file_and_its_measured_figures() -> None:
     oof = m.meta["measured"]["out_of_fold"]
     assert oof["mining_connections"] >= 20 and oof["benign_connections"] >= 100
     assert m.meta["shared_benign_detections"] == []
+    # the packet model (scan): the flow features plus the per-message ones
+    pm = default_packet_model()
+    assert isinstance(pm, BehaviorModel) and pm.packet and not m.packet
+    assert pm.features == FEATURES + PACKET_FEATURES
+    oof = pm.meta["measured"]["out_of_fold"]
+    assert oof["mining_connections"] >= 30 and oof["benign_connections"] >= 1000
+    assert pm.meta["shared_benign_detections"] == []
+
+
+def test_packet_records_get_the_packet_model() -> None:
+    flows = flows_from_pcap(SHARED / "mining" / "eth-eu1.nanopool.org.pcapng")
+    assert model_for(flows) is default_packet_model()
+    plain = flows.select([c for c in flows.schema.names if c not in PACKET_TOTALS])
+    assert model_for(plain) is default_model()
+    assert model_for(pl.from_arrow(flows).lazy()) is default_packet_model()  # type: ignore[union-attr]
 
 
 @pytest.mark.miner
@@ -87,14 +109,16 @@ def test_tls_mining_is_reported_by_scan_and_by_the_flow_path(lab_traffic: LabTra
     assert set(DETECTION_FIELDS) <= set(d)
     assert d["dst_port"] == s.pool_port and d["src_ip"] == "127.0.0.1"
     assert d["final"] is True
-    assert d["confidence"] >= default_model().threshold
+    assert d["confidence"] >= default_packet_model().threshold  # type: ignore[union-attr]
     assert any("connection open" in r for r in d["reasons"])
     assert any("client→server" in r for r in d["reasons"])
     # finer from packets: the pool's job pushes and the miner's small submissions
     assert any("unsolicited server messages" in r for r in d["reasons"]), d["reasons"]
     assert any("small client→server payloads" in r for r in d["reasons"]), d["reasons"]
-    flow_found = detect(flows_from_pcap(s.pcap))
-    assert keys(flow_found) == keys(found)
+    assert any("server replies" in r for r in d["reasons"]), d["reasons"]
+    flows = flows_from_pcap(s.pcap)
+    assert keys(detect(flows)) == keys(found)  # the packet model, on the whole table
+    assert keys(detect(flows, model=default_model())) == keys(found)  # the flow model
 
 
 @pytest.mark.miner
@@ -109,19 +133,25 @@ def test_cleartext_mining_is_reported_once_by_the_stratum_reader(
 def test_softflowd_export_gives_the_same_verdicts(
     lab_traffic: LabTraffic, xmrig_tls_capture: XmrigSession, tmp_path: Path
 ) -> None:
-    """Same connections reported (and not reported) by both paths, on every real capture."""
+    """Same connections reported (and not reported) by both paths, on every real capture: the
+    flow records of softflowd and of the packet path, both scored by the flow model (the
+    records an exporter sends), and the packet model on the packet path's records."""
     mined = 0
     for pcap in [lab_traffic.miner.pcap, xmrig_tls_capture.pcap, *lab_traffic.benign]:
-        by_packets = keys(detect(flows_from_pcap(pcap)))
+        flows = flows_from_pcap(pcap)
+        by_packets = keys(detect(flows, model=default_model()))
         by_exporter = keys(detect(flows_from_softflowd(pcap, tmp_path)))
         assert by_exporter == by_packets, pcap
+        assert keys(detect(flows)) == by_packets, pcap
         mined += len(by_packets)
     assert mined >= 1
 
 
 def test_shared_benign_captures_give_no_flow_detection(tmp_path: Path) -> None:
     for pcap in BENIGN:
-        assert detect(flows_from_pcap(pcap)) == [], pcap.name
+        flows = flows_from_pcap(pcap)
+        assert detect(flows) == [], pcap.name  # the packet model
+        assert detect(flows, model=default_model()) == [], pcap.name
 
 
 @dataclass
@@ -169,7 +199,8 @@ def test_real_benign_long_lived_traffic_gives_no_detection(
     for pcap in lab_traffic.benign:
         assert scan(pcap) == [], pcap
         flows = flows_from_pcap(pcap)
-        assert detect(flows) == [], pcap
+        assert detect(flows) == [], pcap  # the packet model
+        assert detect(flows, model=default_model()) == [], pcap
         assert detect(flows_from_softflowd(pcap, tmp_path)) == [], pcap
         t = flows.to_pylist()
         long_lived += len({(r["src_port"], r["dst_port"]) for r in t if r["proto"] == 6})
@@ -238,11 +269,13 @@ def test_flows_detect_cli_bad_input(tmp_path: Path) -> None:
         assert r.stdout == ""
 
 
-def test_sliding_detector_matches_the_batch_function() -> None:
+@pytest.mark.parametrize("which", ["flow", "packet"])
+def test_sliding_detector_matches_the_batch_function(which: str) -> None:
     """Fed record by record, the live detector reports what the batch function reports."""
     pcap = SHARED / "mining" / "xmr.suprnova.cc.pcapng"
     flows = flows_from_pcap(pcap)
-    model = default_model()
+    model = default_model() if which == "flow" else default_packet_model()
+    assert model is not None
     batch = keys(detect(flows, model=model, threshold=0.0))
     live = SlidingDetector(model=model, threshold=0.0)
     seen: list[dict[str, Any]] = []

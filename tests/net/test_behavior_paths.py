@@ -18,10 +18,13 @@ import pytest
 from minewatch.lab.behavior_data import flows_from_pcap
 from minewatch.net.behavior import (
     CONN_KEY,
+    PACKET_FEATURES,
     connection_features,
     default_model,
     detect,
     feature_matrix,
+    model_for,
+    packet_feature_columns,
     score,
     summarize,
 )
@@ -46,7 +49,7 @@ def flows() -> pl.DataFrame:
 
 
 def _reference(flows: pl.DataFrame, threshold: float) -> dict[tuple[Any, ...], tuple[float, float]]:
-    m = default_model()
+    m = model_for(flows)  # the packet model where one is shipped (these records carry packets)
     s = summarize(score(connection_features(flows), m), threshold, m)
     return {
         tuple(r[k] for k in CONN_KEY[:4]): (r["detected_at"], r["confidence"])
@@ -64,7 +67,7 @@ def _fast(flows: pl.DataFrame, threshold: float) -> dict[tuple[Any, ...], tuple[
 
 @pytest.mark.parametrize("threshold", [0.0, 0.3, None])
 def test_fast_path_equals_the_reference(flows: pl.DataFrame, threshold: float | None) -> None:
-    thr = default_model().threshold if threshold is None else threshold
+    thr = model_for(flows).threshold if threshold is None else threshold
     ref = _reference(flows, thr)
     fast = _fast(flows, thr)
     assert fast.keys() == ref.keys()
@@ -73,6 +76,41 @@ def test_fast_path_equals_the_reference(flows: pl.DataFrame, threshold: float | 
     for k, (at, conf) in ref.items():
         assert fast[k][0] == pytest.approx(at, abs=1e-3)
         assert fast[k][1] == pytest.approx(round(conf, 3), abs=1e-9)
+
+
+def test_packet_features_of_a_pool_like_connection() -> None:
+    """The per-message features from packet totals, by hand: ten minutes of 20 submissions
+    of 250 bytes every 30 s, each answered with 90 bytes, and 10 job pushes of 400 bytes."""
+    t = {
+        "age_s": np.array([600.0]),
+        "pay_pkts_up": np.array([20]),
+        "pay_pkts_down": np.array([30]),
+        "pay_bytes_up": np.array([20 * 250]),
+        "pay_bytes_down": np.array([20 * 90 + 10 * 400]),
+        "small_up": np.array([20]),
+        "pushes_down": np.array([10]),
+        "gap_n_up": np.array([19]),
+        "gap_sum_up": np.array([19 * 30.0]),
+        "gap_sq_up": np.array([19 * 900.0]),
+        "pay_sq_up": np.array([20 * 250.0**2]),
+        "pay_sq_down": np.array([20 * 90.0**2 + 10 * 400.0**2]),
+        "push_bytes_down": np.array([10 * 400]),
+        "push_sq_down": np.array([10 * 400.0**2]),
+    }
+    got = dict(zip(PACKET_FEATURES, (c[0] for c in packet_feature_columns(t)), strict=True))
+    want = {
+        "log_push_pm": np.log(11.0) - np.log(10.0),
+        "push_share": 10 / 30,
+        "log_push_size": np.log1p(400.0),
+        "log_reply_size": np.log1p(90.0),
+        "log_msg_size_up": np.log1p(250.0),
+        "cv_msg_up": 0.0,
+        "cv_reply": 0.0,
+        "cv_gap_up": 0.0,  # clockwork gaps
+        "reply_per_msg": 1.0,
+        "small_share_up": 1.0,
+    }
+    assert got == pytest.approx(want, abs=1e-6)
 
 
 def test_row_order_and_one_way_exports_do_not_change_verdicts(flows: pl.DataFrame) -> None:
@@ -178,7 +216,7 @@ def test_sliding_detector_sums_packet_statistics_across_batches() -> None:
     """The live detector keeps per-connection sums of the packet statistics (for the reasons
     of ``scan``'s detections): the same sums as the records', whichever batch they came in,
     and dropped with the connection."""
-    from minewatch.net.behavior import _PACKET_COLS, SlidingDetector
+    from minewatch.net.behavior import PACKET_TOTALS, SlidingDetector
     from minewatch.net.flowagg import aggregate_file
 
     recs = aggregate_file(SHARED / "mining" / "xmr.suprnova.cc.pcapng", window_s=7.0).flows
@@ -189,11 +227,15 @@ def test_sliding_detector_sums_packet_statistics_across_batches() -> None:
     det = SlidingDetector(threshold=1.1)  # nothing reported: only the sums are looked at
     for part in np.array_split(np.arange(recs.num_rows), 3):
         det(recs.take(part))
-    want = tcp.group_by(CONN_KEY).agg(pl.col(c).sum() for c in _PACKET_COLS)
-    got = det.packets.select(want.columns)
-    assert got.sort(CONN_KEY).equals(want.sort(CONN_KEY).cast(got.schema))
+    want = tcp.group_by(CONN_KEY).agg(pl.col(c).sum() for c in PACKET_TOTALS)
+    got = det.state.select(want.columns).sort(CONN_KEY)
+    want = want.sort(CONN_KEY).cast(got.schema)  # type: ignore[arg-type]
+    ints = [c for c in want.columns if got[c].dtype != pl.Float64]
+    assert got.select(ints).equals(want.select(ints))
+    for c in set(want.columns) - set(ints):  # float sums: summed in another order
+        np.testing.assert_allclose(got[c].to_numpy(), want[c].to_numpy(), rtol=1e-9)
     det.finish()
-    assert det.packets.height == 0
+    assert det.state.height == 0
 
 
 @pytest.mark.parametrize("ids", ["mixed", "clustered"])

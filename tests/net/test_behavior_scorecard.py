@@ -9,8 +9,21 @@ import numpy as np
 import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from minewatch.net.behavior import FEATURE_TEXT, FEATURES, BehaviorModel, default_model
+from minewatch.net.behavior import (
+    FEATURE_TEXT,
+    FEATURES,
+    PACKET_FEATURES,
+    BehaviorModel,
+    default_model,
+    default_packet_model,
+)
 from minewatch.net.scorecard import Scorecard
+
+
+def _model(which: str) -> BehaviorModel:
+    m = default_model() if which == "flow" else default_packet_model()
+    assert m is not None
+    return m
 
 
 def _data(n: int = 3000, f: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -45,28 +58,31 @@ def test_scorecard_equals_the_trees_it_was_read_from(depth: int, pairs: bool) ->
     assert abs(centred.contributions(x).mean(axis=0)).max() < 1e-9
 
 
-def test_scorecard_round_trips_through_arrays(tmp_path: Path) -> None:
-    m = default_model()
+@pytest.mark.parametrize("which", ["flow", "packet"])
+def test_scorecard_round_trips_through_arrays(tmp_path: Path, which: str) -> None:
+    m = _model(which)
     p = tmp_path / "m.npz"
     m.save(p)
     again = BehaviorModel.load(p)
-    x = np.random.default_rng(2).normal(size=(200, len(FEATURES))) * 3
+    x = np.random.default_rng(2).normal(size=(200, len(m.features))) * 3
     np.testing.assert_array_equal(again.confidence(x), m.confidence(x))
     assert again.threshold == m.threshold and again.features == m.features
 
 
-def test_shipped_tables_give_the_training_log_odds() -> None:
+@pytest.mark.parametrize("which", ["flow", "packet"])
+def test_shipped_tables_give_the_training_log_odds(which: str) -> None:
     """The reference rows stored at training time: the shipped tables reproduce the fitted
     classifier's log-odds (without scikit-learn at scan time)."""
-    m = default_model()
-    assert m.features == FEATURES
+    m = _model(which)
+    assert m.features == (FEATURES if which == "flow" else FEATURES + PACKET_FEATURES)
     assert m.reference_x is not None and m.reference_logit is not None
     assert len(m.reference_x) >= 500
     np.testing.assert_allclose(m.logit(m.reference_x), m.reference_logit, rtol=0, atol=1e-9)
 
 
-def test_reasons_name_the_terms_that_raised_the_score() -> None:
-    m = default_model()
+@pytest.mark.parametrize("which", ["flow", "packet"])
+def test_reasons_name_the_terms_that_raised_the_score(which: str) -> None:
+    m = _model(which)
     x = m.reference_x
     assert x is not None
     top = int(np.argmax(m.logit(x)))

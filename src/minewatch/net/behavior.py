@@ -39,6 +39,7 @@ submissions) get features and a score; everything else is a handful of compariso
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ from minewatch.net.intel import MINER_PORTS, PoolIntel
 from minewatch.net.scorecard import Scorecard
 
 MODEL_FILE = "behavior_model.npz"  # the shipped model: plain arrays and a JSON data card
+#: The model for flow records made from packets (``minewatch scan``): :data:`FEATURES` plus
+#: :data:`PACKET_FEATURES`.
+PACKET_MODEL_FILE = "behavior_packet_model.npz"
 #: A connection is scored only once it has been seen for this long, with traffic both ways.
 #: Two minutes: the benign connections that looked most like mining out of fold did so in
 #: their first one or two records (50 s: 30% of TLS mining detected at 0 false positives out
@@ -94,6 +98,16 @@ FEATURES: tuple[str, ...] = (
 )
 #: What each feature means, for the reasons.
 FEATURE_TEXT = {
+    "log_push_pm": "server pushes/min",
+    "push_share": "share of server messages that are pushes",
+    "log_push_size": "push size",
+    "log_reply_size": "reply size",
+    "log_msg_size_up": "client message size",
+    "cv_msg_up": "variation of client message sizes",
+    "cv_reply": "variation of reply sizes",
+    "cv_gap_up": "variation of gaps between client messages",
+    "reply_per_msg": "replies per client message",
+    "small_share_up": "share of small client messages",
     "log_age_min": "connection age",
     "log_ppm_up": "client→server packets/min",
     "log_ppm_down": "server→client packets/min",
@@ -107,6 +121,37 @@ FEATURE_TEXT = {
 }
 #: Running totals per connection (and their input columns).
 TOTALS = ("PU", "PD", "BU", "BD", "NU", "ND", "PU2", "PD2")
+#: Per-record statistics from packets (:mod:`minewatch.net.flowagg` with ``packet_stats``),
+#: summed per connection like :data:`TOTALS` when the input has them.
+PACKET_TOTALS: tuple[str, ...] = (
+    "pay_pkts_up",
+    "pay_pkts_down",
+    "pay_bytes_up",
+    "pay_bytes_down",
+    "small_up",
+    "pushes_down",
+    "gap_n_up",
+    "gap_sum_up",
+    "gap_sq_up",
+    "pay_sq_up",
+    "pay_sq_down",
+    "push_bytes_down",
+    "push_sq_down",
+)
+#: Features from :data:`PACKET_TOTALS`: what a pool's messages look like against a
+#: request/response client's (the packet model adds them to :data:`FEATURES`).
+PACKET_FEATURES: tuple[str, ...] = (
+    "log_push_pm",
+    "push_share",
+    "log_push_size",
+    "log_reply_size",
+    "log_msg_size_up",
+    "cv_msg_up",
+    "cv_reply",
+    "cv_gap_up",
+    "reply_per_msg",
+    "small_share_up",
+)
 
 
 def _to_frame(flows: pa.Table | pa.RecordBatch | pl.DataFrame) -> pl.DataFrame:
@@ -153,6 +198,40 @@ def feature_columns(t: dict[str, np.ndarray] | pl.DataFrame) -> Iterator[np.ndar
     yield _disp(c["NU"], c["PU"], c["PU2"])
     yield _disp(c["ND"], c["PD"], c["PD2"])
     yield ppm_up * log_age
+
+
+def _cv(n: np.ndarray, s: np.ndarray, s2: np.ndarray, empty: float) -> np.ndarray:
+    """Coefficient of variation (capped at 5) from a count, sum and sum of squares;
+    ``empty`` when fewer than two values."""
+    k = np.maximum(n, 1).astype(np.float64)
+    mean = s / k
+    sd = np.sqrt(np.maximum(s2 / k - mean * mean, 0.0))
+    return np.where(n >= 2, np.clip(sd / np.maximum(mean, 1e-9), 0.0, 5.0), empty)
+
+
+def packet_feature_columns(t: dict[str, np.ndarray] | pl.DataFrame) -> Iterator[np.ndarray]:
+    """:data:`PACKET_FEATURES`, in that order, from ``age_s`` and :data:`PACKET_TOTALS`.
+
+    A *message* is a payload-carrying packet; a server message is a *push* when it does not
+    follow a client message within ``flowagg.REPLY_GAP_S``, else a *reply*. A pool pushes
+    jobs of a fixed shape and answers each submission with a short fixed acknowledgement; a
+    cache or RPC client's replies carry values of any size and nothing comes unasked."""
+    c = {k: np.asarray(t[k], dtype=np.float64) for k in ("age_s", *PACKET_TOTALS)}
+    age_min = np.maximum(c["age_s"] / 60.0, 0.5)
+    mu, md, push = c["pay_pkts_up"], c["pay_pkts_down"], c["pushes_down"]
+    reply_n = np.maximum(md - push, 0.0)
+    reply_b = np.maximum(c["pay_bytes_down"] - c["push_bytes_down"], 0.0)
+    reply_sq = np.maximum(c["pay_sq_down"] - c["push_sq_down"], 0.0)
+    yield np.log(push + 1.0) - np.log(age_min)
+    yield push / np.maximum(md, 1.0)
+    yield np.log1p(c["push_bytes_down"] / np.maximum(push, 1.0))
+    yield np.log1p(reply_b / np.maximum(reply_n, 1.0))
+    yield np.log1p(c["pay_bytes_up"] / np.maximum(mu, 1.0))
+    yield _cv(mu, c["pay_bytes_up"], c["pay_sq_up"], 0.0)
+    yield _cv(reply_n, reply_b, reply_sq, 0.0)
+    yield _cv(c["gap_n_up"], c["gap_sum_up"], c["gap_sq_up"], 1.0)
+    yield np.clip(reply_n / np.maximum(mu, 1.0), 0.0, 3.0)
+    yield c["small_up"] / np.maximum(mu, 1.0)
 
 
 def feature_matrix(t: dict[str, np.ndarray] | pl.DataFrame) -> np.ndarray:
@@ -429,18 +508,43 @@ def running_totals(oriented: pl.DataFrame) -> pl.DataFrame:
         .to_series()
     )
     keep = r.moment_end
+    # Packet statistics (when the records carry them) become running totals too.
+    packet = {
+        c: _seg_cumsum(oriented[c].to_numpy()[r.perm], r.starts)[keep]
+        for c in PACKET_TOTALS
+        if c in oriented.columns
+    }
     return oriented.drop("sni")[r.perm[keep]].with_columns(
         first_t=pl.Series(r.first_t[keep]),
         last_t=pl.Series(r.last_t[keep]),
         age_s=pl.Series(r.age_s[keep]),
         sni=sni_last.filter(pl.Series(keep)),
         **{k: pl.Series(v[keep]) for k, v in r.totals.items()},
+        **{k: pl.Series(v) for k, v in packet.items()},
+    )
+
+
+def has_packet_totals(df: pl.DataFrame | pa.Table | pa.RecordBatch) -> bool:
+    names = df.columns if isinstance(df, pl.DataFrame) else df.schema.names
+    return all(c in names for c in PACKET_TOTALS)
+
+
+def with_packet_features(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` (running totals with :data:`PACKET_TOTALS`) with :data:`PACKET_FEATURES` added."""
+    cols = list(packet_feature_columns(df)) if df.height else []
+    return df.with_columns(
+        pl.Series(name, cols[i] if cols else np.zeros(0), dtype=pl.Float64)
+        for i, name in enumerate(PACKET_FEATURES)
     )
 
 
 def connection_features(flows: pa.Table | pa.RecordBatch | pl.DataFrame) -> pl.DataFrame:
-    """One row per (connection, record end) with the running totals and :data:`FEATURES`."""
-    return with_features(running_totals(orient(flows)))
+    """One row per (connection, record end) with the running totals and :data:`FEATURES`;
+    with :data:`PACKET_TOTALS` and :data:`PACKET_FEATURES` too when the records carry
+    packet statistics (flow records made from packets)."""
+    if not has_packet_totals(flows):
+        return with_features(running_totals(orient(flows)))
+    return with_packet_features(with_features(running_totals(orient(flows, PACKET_TOTALS))))
 
 
 # --------------------------------------------------------------------------- the model
@@ -511,13 +615,36 @@ class BehaviorModel:
         """Calibrated probability per row of a feature matrix."""
         return self.calibrate(self.logit(x))
 
+    @property
+    def packet(self) -> bool:
+        """Whether the model reads :data:`PACKET_FEATURES` (flow records made from packets)."""
+        return any(f in PACKET_FEATURES for f in self.features)
+
+    def matrix(self, totals: dict[str, np.ndarray] | pl.DataFrame) -> np.ndarray:
+        """The model's feature matrix from running totals (and packet totals)."""
+        n = len(np.asarray(totals["age_s"]))
+        cols = list(feature_columns(totals))
+        if self.packet:
+            cols += list(packet_feature_columns(totals))
+        names = FEATURES + (PACKET_FEATURES if self.packet else ())
+        if n == 0:
+            return np.zeros((0, len(self.features)))
+        x = np.stack(cols, axis=1)
+        if names != self.features:
+            x = x[:, [names.index(f) for f in self.features]]
+        return x
+
     def confidence_totals(self, totals: dict[str, np.ndarray]) -> np.ndarray:
-        """Calibrated probability from running totals (:func:`feature_columns`), each
-        feature binned as soon as it is computed."""
-        if self.features != FEATURES:
-            return self.confidence(feature_matrix(totals))
+        """Calibrated probability from running totals (:func:`feature_columns`, and
+        :func:`packet_feature_columns` for the packet model), each feature binned as soon as
+        it is computed."""
+        cols = feature_columns(totals)
+        if self.packet:
+            cols = itertools.chain(cols, packet_feature_columns(totals))
+        if self.features != FEATURES + (PACKET_FEATURES if self.packet else ()):
+            return self.confidence(self.matrix(totals))
         n = len(totals["age_s"])
-        return self.calibrate(self.card.logit_columns(feature_columns(totals), n))
+        return self.calibrate(self.card.logit_columns(cols, n))
 
     def score_frame(self, feats: pl.DataFrame) -> np.ndarray:
         """Calibrated probability per row of a frame holding the model's features."""
@@ -594,6 +721,7 @@ def _term_text(name: str) -> str:
 
 
 _DEFAULT_MODEL: BehaviorModel | None = None
+_PACKET_MODEL: list[BehaviorModel | None] = []
 
 
 def default_model() -> BehaviorModel:
@@ -601,6 +729,34 @@ def default_model() -> BehaviorModel:
     if _DEFAULT_MODEL is None:
         _DEFAULT_MODEL = BehaviorModel.load()
     return _DEFAULT_MODEL
+
+
+def default_packet_model() -> BehaviorModel | None:
+    """The shipped packet model (:data:`PACKET_MODEL_FILE`), None when the package has none."""
+    if not _PACKET_MODEL:
+        ref = resources.files("minewatch.data").joinpath(PACKET_MODEL_FILE)
+        if ref.is_file():
+            with resources.as_file(ref) as p:
+                _PACKET_MODEL.append(BehaviorModel.load(p))
+        else:
+            _PACKET_MODEL.append(None)
+    return _PACKET_MODEL[0]
+
+
+def model_for(
+    flows: pa.Table | pa.RecordBatch | pl.DataFrame | pl.LazyFrame,
+    model: BehaviorModel | None = None,
+) -> BehaviorModel:
+    """``model`` if given; else the packet model for records that carry packet statistics
+    (when one is shipped), the flow model for all others."""
+    if model is not None:
+        return model
+    names = flows.collect_schema().names() if isinstance(flows, pl.LazyFrame) else None
+    packet = (
+        all(c in names for c in PACKET_TOTALS) if names is not None else has_packet_totals(flows)
+    )
+    pm = default_packet_model() if packet else None
+    return pm if pm is not None else default_model()
 
 
 def score(
@@ -744,7 +900,7 @@ def _hot(flows: pl.DataFrame | pl.LazyFrame) -> _Hot:
             "dst_ip",
             "dst_port",
             "sni",
-            *(c for c in _PACKET_COLS if c in names),
+            *(c for c in PACKET_TOTALS if c in names),
             "_cid",
             "_packets_up",
             "_packets_down",
@@ -775,7 +931,18 @@ def _hot_summary(
     t = r.totals
     ok = eligible_mask(r.age_s, t["PU"], t["PD"], t["BU"], t["BD"])
     e = np.flatnonzero(ok & r.moment_end)
-    conf = model.confidence_totals(r.columns(e)) if len(e) else np.zeros(0)
+    df = h.frame
+    # The packet model's running totals of the packet statistics, at every row.
+    pk = (
+        {c: _seg_cumsum(df[c].to_numpy()[r.perm], r.starts) for c in PACKET_TOTALS}
+        if model.packet
+        else {}
+    )
+
+    def totals_at(rows: np.ndarray) -> dict[str, np.ndarray]:
+        return r.columns(rows) | {c: v[rows] for c, v in pk.items()}
+
+    conf = model.confidence_totals(totals_at(e)) if len(e) else np.zeros(0)
     hit = conf >= threshold
     if not hit.any():
         return pl.DataFrame(), None
@@ -785,7 +952,6 @@ def _hot_summary(
     ug = g[first]
     det_row = rows[first]  # the earliest record at which each connection reached it
     last_row = r.starts[ug] + r.lengths[ug] - 1
-    df = h.frame
     ends = df.select("_sc", "src_ip", "src_port", "dst_ip", "dst_port")[r.perm[last_row]]
     sc = ends["_sc"]
 
@@ -810,7 +976,7 @@ def _hot_summary(
             "proto": pl.Series(np.full(len(ug), 6), dtype=pl.Int16),
             "detected_at": r.last_t[det_row],
             "confidence": np.maximum.reduceat(hconf, first),
-            "terms": pl.Series(model.term_reasons(feature_matrix(r.columns(det_row)))),
+            "terms": pl.Series(model.term_reasons(model.matrix(totals_at(det_row)))),
             "first_t": r.first_t[last_row],
             "last_t": r.last_t[last_row],
             "age_s": r.age_s[last_row],
@@ -820,9 +986,9 @@ def _hot_summary(
         }
     )
     packets = None
-    if "pushes_down" in df.columns:
+    if has_packet_totals(df):
         packets = (
-            df.select(_PACKET_COLS)[member_rows]
+            df.select(PACKET_TOTALS)[member_rows]
             .with_columns(k=pl.Series(which))
             .group_by("k")
             .agg(pl.all().sum())
@@ -870,11 +1036,30 @@ def _reason_exprs(threshold: float, packets: bool) -> list[pl.Expr]:
     if packets:
         n, mean = pl.col("gap_n_up"), pl.col("gap_sum_up") / pl.col("gap_n_up")
         cv = (pl.col("gap_sq_up") / n - mean * mean).clip(0.0, None).sqrt() / mean
+        replies = pl.col("pay_pkts_down") - pl.col("pushes_down")
+        reply_bytes = pl.col("pay_bytes_down") - pl.col("push_bytes_down")
+
+        def size_cv(k: pl.Expr, total: pl.Expr, sq: pl.Expr) -> pl.Expr:
+            m = total / k.clip(1, None)
+            return (sq / k.clip(1, None) - m * m).clip(0.0, None).sqrt() / m.clip(1e-9, None)
+
+        reply_cv = size_cv(replies, reply_bytes, pl.col("pay_sq_down") - pl.col("push_sq_down"))
+        up_cv = size_cv(pl.col("pay_pkts_up"), pl.col("pay_bytes_up"), pl.col("pay_sq_up"))
         out += [
             pl.when(pl.col("pushes_down") > 0).then(pl.concat_str([
                 pl.lit("server pushes every ~"),
                 _fixed(pl.col("age_s") / pl.col("pushes_down"), 0), pl.lit(" s ("),
-                pl.col("pushes_down").cast(pl.Utf8), pl.lit(" unsolicited server messages)"),
+                pl.col("pushes_down").cast(pl.Utf8), pl.lit(" unsolicited server messages of ~"),
+                _fixed(pl.col("push_bytes_down") / pl.col("pushes_down"), 0),
+                pl.lit(" bytes)"),
+            ])),
+            pl.when(replies > 0).then(pl.concat_str([
+                pl.lit("server replies "), replies.cast(pl.Utf8), pl.lit(" to "),
+                pl.col("pay_pkts_up").cast(pl.Utf8), pl.lit(" client messages, ~"),
+                _fixed(reply_bytes / replies, 0), pl.lit(" bytes each (size CV "),
+                _fixed(reply_cv, 2), pl.lit("); client messages ~"),
+                _fixed(pl.col("pay_bytes_up") / pl.col("pay_pkts_up").clip(1, None), 0),
+                pl.lit(" bytes (size CV "), _fixed(up_cv, 2), pl.lit(")"),
             ])),
             pl.when(pl.col("pay_pkts_up") > 0).then(pl.concat_str([
                 _fixed(pl.col("small_up").fill_null(0) / mins, 1),
@@ -1018,17 +1203,6 @@ def dns_names(dns: pa.Table | pl.DataFrame | None) -> dict[str, str]:
     return dict(zip(pairs["answers"].to_list(), pairs["query"].to_list(), strict=True))
 
 
-_PACKET_COLS = (
-    "pay_pkts_up",
-    "pay_pkts_down",
-    "small_up",
-    "pushes_down",
-    "gap_n_up",
-    "gap_sum_up",
-    "gap_sq_up",
-)
-
-
 def detect(
     flows: pa.Table | pa.RecordBatch | pl.DataFrame | pl.LazyFrame,
     *,
@@ -1044,7 +1218,7 @@ def detect(
     of any of its records. ``exclude`` holds connection keys (:data:`CONN_KEY` columns) not to
     report (e.g. those the Stratum reader already reported).
     """
-    m = model if model is not None else default_model()
+    m = model_for(flows, model)
     thr = m.threshold if threshold is None else threshold
     lf = flows.lazy() if isinstance(flows, pl.LazyFrame) else _to_frame(flows).lazy()
     summary, packets = _hot_summary(_hot(lf), m, thr)
@@ -1105,7 +1279,8 @@ class SlidingDetector:
         every_record: bool = True,
     ) -> None:
         self.every_record = every_record
-        self._model = model  # loaded on first use: scikit-learn takes ~1.5 s to import
+        self._model = model  # the shipped models are loaded on first use
+        self._packets = False  # whether the records carry packet statistics (flowagg's)
         self._threshold = threshold
         self.intel = intel
         self.idle_s = idle_s
@@ -1116,16 +1291,10 @@ class SlidingDetector:
             "dst_port": pl.Int32,
             "proto": pl.Int16,
             **_STATE_COLS,
+            # Packet statistics per connection (zero for flow records from exporters).
+            **_PACKET_STATE,
         }
         self.state = pl.DataFrame(schema=schema)
-        # Packet statistics per connection (flow records made from packets carry them: see
-        # flowagg's packet_stats); only what the reasons show, the model does not use them.
-        self.packets = pl.DataFrame(
-            schema={
-                **{c: schema[c] for c in CONN_KEY},
-                **{c: pl.Float64 if c.startswith("gap_s") else pl.Int64 for c in _PACKET_COLS},
-            }
-        )
         # connection key -> (time first detected, highest confidence so far)
         self.reported: dict[tuple[Any, ...], tuple[float, float]] = {}
         self.names: dict[str, str] = {}
@@ -1134,40 +1303,51 @@ class SlidingDetector:
 
     @property
     def model(self) -> BehaviorModel:
-        if self._model is None:
-            self._model = default_model()
-        return self._model
+        """The model given, else the shipped packet model once records with packet
+        statistics came (when the package has one), else the shipped flow model."""
+        if self._model is not None:
+            return self._model
+        pm = default_packet_model() if self._packets else None
+        return pm if pm is not None else default_model()
+
+    def _features(self, df: pl.DataFrame) -> pl.DataFrame:
+        out = with_features(df)
+        return with_packet_features(out) if self.model.packet else out
 
     @property
     def threshold(self) -> float:
         return self.model.threshold if self._threshold is None else self._threshold
 
     def __call__(self, batch: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
-        packets = all(c in batch.schema.names for c in _PACKET_COLS)
-        o = orient(batch, _PACKET_COLS if packets else ())
+        packets = has_packet_totals(batch)
+        self._packets |= packets
+        o = orient(batch, PACKET_TOTALS if packets else ())
         if o.height == 0:
             return []
         key = list(CONN_KEY)
-        if packets:
-            self._add_packets(o.select(*key, *_PACKET_COLS))
-            o = o.drop(_PACKET_COLS)
         # Totals of this batch per record (in time order), then on top of what came before.
         run = running_totals(o)
-        prev = self.state.rename({c: f"{c}_p" for c in _STATE_COLS})
+        if not packets:
+            run = run.with_columns(pl.lit(0, dtype=t).alias(c) for c, t in _PACKET_STATE.items())
+        sums = _SUM_STATE + PACKET_TOTALS
+        prev = self.state.rename({c: f"{c}_p" for c in (*_STATE_COLS, *PACKET_TOTALS)})
         run = (
             run.join(prev, on=key, how="left")
             .with_columns(
                 first_t=pl.min_horizontal("first_t", "first_t_p"),
                 last_t=pl.max_horizontal("last_t", "last_t_p"),
                 sni=pl.coalesce("sni", "sni_p"),
-                **{c: pl.col(c) + pl.col(f"{c}_p").fill_null(0) for c in _SUM_STATE},
+                **{c: pl.col(c) + pl.col(f"{c}_p").fill_null(0) for c in sums},
             )
             .with_columns(age_s=pl.col("last_t") - pl.col("first_t"))
         )
         if self.every_record:
-            run = with_features(run)
+            run = self._features(run)
         new_state = (
-            run.group_by(key).agg(pl.all().sort_by("last_t").last()).select(self.state.columns)
+            run.group_by(key)
+            .agg(pl.all().sort_by("last_t").last())
+            .select(self.state.columns)
+            .cast(self.state.schema)
         )
         self.state = pl.concat(
             [self.state.join(new_state.select(key), on=key, how="anti"), new_state],
@@ -1177,7 +1357,7 @@ class SlidingDetector:
             self._expire()
             return []
         if not self.every_record:  # only each connection's state at the end of the batch
-            run = with_features(new_state.with_columns(age_s=pl.col("last_t") - pl.col("first_t")))
+            run = self._features(new_state.with_columns(age_s=pl.col("last_t") - pl.col("first_t")))
         scored = score(run, self.model)
         self._remember(scored)
         self._expire()
@@ -1223,7 +1403,7 @@ class SlidingDetector:
             schema={**rows.select(key).schema, "detected_at": pl.Float64, "confidence": pl.Float64},
             orient="row",
         )
-        summary = with_features(
+        summary = self._features(
             rows.join(det, on=key, how="inner").with_columns(
                 age_s=pl.col("last_t") - pl.col("first_t")
             )
@@ -1238,28 +1418,12 @@ class SlidingDetector:
             threshold=self.threshold,
         )
 
-    def _add_packets(self, part: pl.DataFrame) -> None:
-        """Add a batch's packet statistics (connection key as :func:`orient` gives it, then
-        :data:`_PACKET_COLS`) to the connections' sums."""
-        key = list(CONN_KEY)
-        touched = part.select(key).unique()
-        merged = (
-            pl.concat(
-                [self.packets.join(touched, on=key, how="semi"), part], how="vertical_relaxed"
-            )
-            .group_by(key)
-            .agg(pl.col(c).sum() for c in _PACKET_COLS)
-            .select(self.packets.columns)
-            .cast(self.packets.schema)
-        )
-        self.packets = pl.concat([self.packets.join(touched, on=key, how="anti"), merged])
-
     def _packet_totals(self, rows: pl.DataFrame) -> pl.DataFrame | None:
-        """Packet statistics of some connections, or None when there are none."""
-        if self.packets.height == 0:
+        """Packet statistics of some connections, or None when the records carry none."""
+        if not self._packets:
             return None
         key = list(CONN_KEY)
-        return self.packets.join(rows.select(key), on=key, how="semi")
+        return self.state.join(rows.select(key), on=key, how="semi").select(*key, *PACKET_TOTALS)
 
     def _expire(self) -> None:
         top = self.state["last_t"].max()
@@ -1272,21 +1436,20 @@ class SlidingDetector:
                 self.reported.pop(tuple(k), None)
                 self.announced.discard(tuple(k))
             self.state = self.state.filter(~old)
-            if self.packets.height:
-                key = list(CONN_KEY)
-                self.packets = self.packets.join(gone.select(key), on=key, how="anti")
 
     def finish(self) -> list[dict[str, Any]]:
         """End of input: final records for every detected connection still open."""
         out = self._final(self.state)
         self.state = self.state.clear()
-        self.packets = self.packets.clear()
         self.reported.clear()
         self.announced.clear()
         return out
 
 
 _SUM_STATE = ("PU", "PD", "BU", "BD", "NU", "ND", "PU2", "PD2")
+_PACKET_STATE: dict[str, Any] = {
+    c: pl.Float64 if "_sq_" in c or c == "gap_sum_up" else pl.Int64 for c in PACKET_TOTALS
+}
 
 
 # --------------------------------------------------------------------------- inputs
