@@ -133,6 +133,7 @@ def batch_flows(name: str, entries: list[dict[str, Any]], work: Path) -> dict[st
     exports every connection of the batch at the same 60 s instants, as one exporter would.
     """
     from minewatch.lab.behavior_data import flows_from_softflowd
+    from minewatch.net.behavior import has_packet_totals
     from minewatch.net.flowagg import aggregate_file
 
     cache = work / name
@@ -145,14 +146,16 @@ def batch_flows(name: str, entries: list[dict[str, Any]], work: Path) -> dict[st
         for path in ("pcap", "softflowd"):
             f = cache / f"flows-{path}.parquet"
             if f.exists() and f.stat().st_mtime > newest:
-                out[path] = pl.read_parquet(f)
-                continue
+                cached = pl.read_parquet(f)
+                if path != "pcap" or has_packet_totals(cached):
+                    out[path] = cached
+                    continue
             if not merged.exists():
                 subprocess.run(
                     ["mergecap", "-F", "pcap", "-w", str(merged), *map(str, pcaps)], check=True
                 )
             if path == "pcap":
-                flows = aggregate_file(merged, window_s=WINDOW_S, packet_stats=False).flows
+                flows = aggregate_file(merged, window_s=WINDOW_S, packet_stats=True).flows
             else:
                 flows = flows_from_softflowd(merged, cache, maxlife=int(WINDOW_S))
                 (cache / f"{merged.stem}.nf9").unlink()
@@ -170,9 +173,9 @@ def connections(flows: pl.DataFrame) -> pl.DataFrame:
     the model's highest log-odds over the whole connection and within its first 10 minutes
     (for the operating curve; the detection paths only report connections over the
     threshold, so every record is scored again here)."""
-    from minewatch.net.behavior import CONN_KEY, connection_features, eligible, score
+    from minewatch.net.behavior import CONN_KEY, connection_features, eligible, model_for, score
 
-    feats = score(connection_features(flows), log_odds=True)
+    feats = score(connection_features(flows), model_for(flows), log_odds=True)
     return feats.group_by(list(CONN_KEY)).agg(
         first_t=pl.col("first_t").min(),
         age_s=pl.col("age_s").max(),
@@ -473,7 +476,7 @@ def model_identity(src: Path) -> dict[str, Any]:
     data = src / "minewatch" / "data"
     files = {
         p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-        for p in sorted(data.glob("behavior_model.*"))
+        for p in sorted(data.glob("behavior*model.*"))
     }
     log = subprocess.run(
         [

@@ -55,15 +55,19 @@ from minewatch.lab.pool import JOB_SCHEDULES  # noqa: E402
 from minewatch.net.behavior import (  # noqa: E402
     CONN_KEY,
     FEATURES,
+    PACKET_FEATURES,
     BehaviorModel,
     connection_features,
     detect,
     eligible,
+    score,
+    summarize,
 )
 from minewatch.net.scorecard import Scorecard  # noqa: E402
 
 DATA = ROOT / ".cache" / "behavior-data"
 MODEL = ROOT / "src" / "minewatch" / "data" / "behavior_model.npz"
+PACKET_MODEL = ROOT / "src" / "minewatch" / "data" / "behavior_packet_model.npz"
 SHARED_BENIGN = ROOT.parent / "shared" / "data" / "pcap" / "benign"
 WITHIN_S = 600.0
 DEPTH, LEAF, BINS, ITERS, RATE = 1, 20, 32, 400, 0.1
@@ -85,40 +89,65 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(f"wave {wave}: {len(entries)} runs in {time.time() - t:.0f} s; errors {errors}")
 
 
-def load_rows(data: Path) -> pl.DataFrame:
-    """Feature rows of every capture, both paths, with labels and groups (cached per capture)."""
-    frames = []
+def _entries(data: Path, extra: list[Path]) -> list[tuple[dict[str, Any], str, str]]:
+    """Manifest entries with their group (held out together) and flow-cache prefix: the
+    waves of :func:`generate` (one capture per folder), then fleet runs of
+    ``behavior_heldout.py`` made for training (``--extra``: many captures per folder)."""
+    out = []
     for manifest in sorted(data.glob("manifest-w*.json")):
         for e in json.loads(manifest.read_text()):
-            if "error" in e:
-                print(f"skipping failed run {e}", file=sys.stderr)
-                continue
-            pcap = Path(e["pcap"])
-            group = pcap.parent.name
-            for path in ("pcap", "softflowd"):
-                # The flows are cached per capture; the features are always recomputed, so a
-                # change to them never meets a stale cache.
-                cache = pcap.parent / f"flows-{path}.parquet"
-                if cache.exists() and cache.stat().st_mtime > pcap.stat().st_mtime:
-                    flows = pl.read_parquet(cache)
+            out.append((e, Path(e["pcap"]).parent.name, ""))
+    for d in extra:
+        for manifest in sorted(d.glob("*/manifest.json")):
+            for e in json.loads(manifest.read_text()):
+                pcap = Path(e["pcap"])
+                fam = e["family"]
+                # fleet families name the algorithm too (xmrig-tls-rx): keep the protocol
+                fam = "xmrig-tls" if fam.startswith("xmrig-tls") else fam
+                fam = "xmrig" if fam.startswith("xmrig-") and fam != "xmrig-tls" else fam
+                e = {**e, "family": fam, "variant": e.get("variant") or f"fleet-{fam}"}
+                out.append((e, f"{pcap.parent.name}/{pcap.stem}", f"{pcap.stem}."))
+    return out
+
+
+def load_rows(
+    data: Path, extra: list[Path] | None = None, paths: tuple[str, ...] = ("pcap", "softflowd")
+) -> pl.DataFrame:
+    """Feature rows of every capture by ``paths``, with labels and groups (flows cached per
+    capture)."""
+    frames = []
+    for e, group, prefix in _entries(data, extra or []):
+        if "error" in e:
+            print(f"skipping failed run {e}", file=sys.stderr)
+            continue
+        pcap = Path(e["pcap"])
+        for path in paths:
+            # The flows are cached per capture; the features are always recomputed, so a
+            # change to them never meets a stale cache.
+            cache = pcap.parent / f"{prefix}flows-{path}.parquet"
+            fresh = cache.exists() and cache.stat().st_mtime > pcap.stat().st_mtime
+            if fresh and path == "pcap":  # flows from before the newest packet statistics
+                fresh = "push_sq_down" in pl.read_parquet_schema(cache)
+            if fresh:
+                flows = pl.read_parquet(cache)
+            else:
+                if path == "pcap":
+                    flows = pl.from_arrow(flows_from_pcap(pcap))  # type: ignore[assignment]
                 else:
-                    if path == "pcap":
-                        flows = pl.from_arrow(flows_from_pcap(pcap))  # type: ignore[assignment]
-                    else:
-                        flows = pl.from_arrow(  # type: ignore[assignment]
-                            flows_from_softflowd(pcap, pcap.parent)
-                        )
-                    flows.write_parquet(cache)
-                f = connection_features(flows)
-                frames.append(
-                    f.with_columns(
-                        label=pl.lit(int(e["label"])),
-                        group=pl.lit(group),
-                        family=pl.lit(e["family"]),
-                        variant=pl.lit(e["variant"]),
-                        path=pl.lit(path),
+                    flows = pl.from_arrow(  # type: ignore[assignment]
+                        flows_from_softflowd(pcap, pcap.parent)
                     )
+                flows.write_parquet(cache)
+            f = connection_features(flows)
+            frames.append(
+                f.with_columns(
+                    label=pl.lit(int(e["label"])),
+                    group=pl.lit(group),
+                    family=pl.lit(e["family"]),
+                    variant=pl.lit(e["variant"]),
+                    path=pl.lit(path),
                 )
+            )
     rows = pl.concat(frames, how="diagonal_relaxed")
     return rows.with_columns(
         conn=pl.concat_str(
@@ -288,9 +317,12 @@ def evaluate(
     return report, iso, thr
 
 
-def _scorecard_oof(xtr: np.ndarray, ytr: np.ndarray, wtr: np.ndarray, xte: np.ndarray) -> Any:
-    card, _, _ = fit_model(xtr, ytr, wtr)
-    return card.logit(xte)
+def _scorecard_oof(names: tuple[str, ...]) -> Any:
+    def fit_score(xtr: np.ndarray, ytr: np.ndarray, wtr: np.ndarray, xte: np.ndarray) -> Any:
+        card, _, _ = fit_model(xtr, ytr, wtr, names)
+        return card.logit(xte)
+
+    return fit_score
 
 
 def _trees_oof(xtr: np.ndarray, ytr: np.ndarray, wtr: np.ndarray, xte: np.ndarray) -> Any:
@@ -299,13 +331,15 @@ def _trees_oof(xtr: np.ndarray, ytr: np.ndarray, wtr: np.ndarray, xte: np.ndarra
 
 def cmd_train(args: argparse.Namespace) -> None:
     t0 = time.time()
-    rows = load_rows(args.data)
+    # The packet model: flow records made from packets, with their statistics.
+    rows = load_rows(args.data, args.extra, ("pcap",) if args.packet else ("pcap", "softflowd"))
     rows = rows.filter(eligible())
+    names = FEATURES + PACKET_FEATURES if args.packet else FEATURES
     print(
         f"{rows.height} eligible rows, {rows['conn'].n_unique()} connections "
         f"({time.time() - t0:.0f} s)"
     )
-    x = rows.select(FEATURES).to_numpy().astype(np.float64)
+    x = rows.select(names).to_numpy().astype(np.float64)
     y = rows["label"].to_numpy()
     n_conn = rows.group_by("conn").len()
     w = 1.0 / rows.join(n_conn, on="conn", how="left")["len"].to_numpy()
@@ -313,20 +347,22 @@ def cmd_train(args: argparse.Namespace) -> None:
         old, _, _ = evaluate(rows, x, y, w, args.folds, args.min_threshold, _trees_oof)
         print("depth-5 boosted trees (the previous model), same folds:")
         print(json.dumps({k: v for k, v in old.items() if k != "missed_mining"}, indent=1))
-    report, iso, thr = evaluate(rows, x, y, w, args.folds, args.min_threshold, _scorecard_oof)
+    report, iso, thr = evaluate(
+        rows, x, y, w, args.folds, args.min_threshold, _scorecard_oof(names)
+    )
     report["model"] = {"depth": DEPTH, "bins": BINS, "rounds": ITERS, "learning_rate": RATE}
     print(json.dumps(report, indent=1, default=str))
     if args.dry_run:
         return
 
-    card, clf, codes = fit_model(x, y, w)
+    card, clf, codes = fit_model(x, y, w, names)
     # Terms centred on the benign rows: a term's value reads "against a typical benign
     # long-lived connection" in the reasons.
     card = card.centered(x[y == 0], w[y == 0])
     rng = np.random.default_rng(0)
     ref = rng.choice(len(y), size=min(2000, len(y)), replace=False)
     model = BehaviorModel(
-        features=FEATURES,
+        features=names,
         card=card,
         iso_x=np.asarray(iso.X_thresholds_, dtype=np.float64),
         iso_y=np.asarray(iso.y_thresholds_, dtype=np.float64),
@@ -350,13 +386,18 @@ def cmd_train(args: argparse.Namespace) -> None:
         except Exception as exc:  # a damaged capture is reported, not fatal
             shared.append({"file": pcap.name, "error": str(exc)})
             continue
-        found = detect(flows, model=model)
-        if found:
-            shared.append({"file": pcap.name, "detections": len(found)})
+        if args.packet:
+            scored = score(connection_features(flows), model)
+            n_found = summarize(scored, model.threshold, model).height
+        else:
+            n_found = len(detect(flows, model=model))
+        if n_found:
+            shared.append({"file": pcap.name, "detections": n_found})
     model.meta["shared_benign_detections"] = shared
     print("shared benign captures with detections:", shared)
-    model.save(args.model)
-    print(f"wrote {args.model} ({time.time() - t0:.0f} s)")
+    out = args.model or (PACKET_MODEL if args.packet else MODEL)
+    model.save(out)
+    print(f"wrote {out} ({time.time() - t0:.0f} s)")
 
 
 def main() -> None:
@@ -375,7 +416,21 @@ def main() -> None:
     )
     t = sub.add_parser("train")
     t.add_argument("--data", type=Path, default=DATA)
-    t.add_argument("--model", type=Path, default=MODEL)
+    t.add_argument(
+        "--model", type=Path, help=f"output (default {MODEL.name}, or {PACKET_MODEL.name})"
+    )
+    t.add_argument(
+        "--extra",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="fleet runs of behavior_heldout.py made for training (their --data folders)",
+    )
+    t.add_argument(
+        "--packet",
+        action="store_true",
+        help="the packet model: packet-path rows only, with the per-message features",
+    )
     t.add_argument("--folds", type=int, default=6)
     t.add_argument("--min-threshold", type=float, default=0.5)
     t.add_argument("--depth", type=int, default=DEPTH, help="tree depth: 1 additive, 2 pairs")
