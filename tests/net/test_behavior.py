@@ -176,7 +176,12 @@ def lab_traffic(tmp_path_factory: pytest.TempPathFactory) -> LabTraffic:
             root / "xmrig-tls",
             wallet=fake_monero_address("behavior-test"),
             duration=MINER_SECONDS,
-            difficulty=30,
+            # A share every ~5 s on an idle core, every ~10-15 s on a loaded machine: the
+            # pace a pool's variable difficulty would set. At 30 an idle machine's XMRig sent
+            # ~1 share/s (256 in 240 s), faster than any pool allows, and the flow model
+            # scored it just under its threshold (log-odds 2.95); at 150, six trials (two
+            # idle, four sharing the cores) scored 5.4-9.5 and were all detected.
+            difficulty=150,
             job_interval=20.0,
             tls=True,
             keepalive=True,
