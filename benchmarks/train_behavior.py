@@ -60,8 +60,7 @@ from minewatch.net.behavior import (  # noqa: E402
     connection_features,
     detect,
     eligible,
-    score,
-    summarize,
+    has_packet_totals,
 )
 from minewatch.net.scorecard import Scorecard  # noqa: E402
 
@@ -103,8 +102,8 @@ def _entries(data: Path, extra: list[Path]) -> list[tuple[dict[str, Any], str, s
                 pcap = Path(e["pcap"])
                 fam = e["family"]
                 # fleet families name the algorithm too (xmrig-tls-rx): keep the protocol
-                fam = "xmrig-tls" if fam.startswith("xmrig-tls") else fam
-                fam = "xmrig" if fam.startswith("xmrig-") and fam != "xmrig-tls" else fam
+                if fam.startswith("xmrig-"):
+                    fam = "xmrig-tls" if fam.startswith("xmrig-tls") else "xmrig"
                 e = {**e, "family": fam, "variant": e.get("variant") or f"fleet-{fam}"}
                 out.append((e, f"{pcap.parent.name}/{pcap.stem}", f"{pcap.stem}."))
     return out
@@ -126,11 +125,9 @@ def load_rows(
             # change to them never meets a stale cache.
             cache = pcap.parent / f"{prefix}flows-{path}.parquet"
             fresh = cache.exists() and cache.stat().st_mtime > pcap.stat().st_mtime
-            if fresh and path == "pcap":  # flows from before the newest packet statistics
-                fresh = "push_sq_down" in pl.read_parquet_schema(cache)
             if fresh:
                 flows = pl.read_parquet(cache)
-            else:
+            if not fresh or (path == "pcap" and not has_packet_totals(flows)):
                 if path == "pcap":
                     flows = pl.from_arrow(flows_from_pcap(pcap))  # type: ignore[assignment]
                 else:
@@ -386,11 +383,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         except Exception as exc:  # a damaged capture is reported, not fatal
             shared.append({"file": pcap.name, "error": str(exc)})
             continue
-        if args.packet:
-            scored = score(connection_features(flows), model)
-            n_found = summarize(scored, model.threshold, model).height
-        else:
-            n_found = len(detect(flows, model=model))
+        n_found = len(detect(flows, model=model))  # the packet model reads the packet columns
         if n_found:
             shared.append({"file": pcap.name, "detections": n_found})
     model.meta["shared_benign_detections"] = shared

@@ -39,6 +39,7 @@ submissions) get features and a score; everything else is a handful of compariso
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from collections.abc import Iterator, Sequence
@@ -51,6 +52,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from minewatch.net.flowagg import PACKET_COLUMNS
 from minewatch.net.intel import MINER_PORTS, PoolIntel
 from minewatch.net.scorecard import Scorecard
 
@@ -123,21 +125,7 @@ FEATURE_TEXT = {
 TOTALS = ("PU", "PD", "BU", "BD", "NU", "ND", "PU2", "PD2")
 #: Per-record statistics from packets (:mod:`minewatch.net.flowagg` with ``packet_stats``),
 #: summed per connection like :data:`TOTALS` when the input has them.
-PACKET_TOTALS: tuple[str, ...] = (
-    "pay_pkts_up",
-    "pay_pkts_down",
-    "pay_bytes_up",
-    "pay_bytes_down",
-    "small_up",
-    "pushes_down",
-    "gap_n_up",
-    "gap_sum_up",
-    "gap_sq_up",
-    "pay_sq_up",
-    "pay_sq_down",
-    "push_bytes_down",
-    "push_sq_down",
-)
+PACKET_TOTALS: tuple[str, ...] = tuple(n for n, _ in PACKET_COLUMNS)
 #: Features from :data:`PACKET_TOTALS`: what a pool's messages look like against a
 #: request/response client's (the packet model adds them to :data:`FEATURES`).
 PACKET_FEATURES: tuple[str, ...] = (
@@ -524,17 +512,20 @@ def running_totals(oriented: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def has_packet_totals(df: pl.DataFrame | pa.Table | pa.RecordBatch) -> bool:
-    names = df.columns if isinstance(df, pl.DataFrame) else df.schema.names
+def has_packet_totals(df: pl.DataFrame | pl.LazyFrame | pa.Table | pa.RecordBatch) -> bool:
+    """Whether the records carry every packet statistic (:data:`PACKET_TOTALS`)."""
+    if isinstance(df, pl.LazyFrame):
+        names: Sequence[str] = df.collect_schema().names()
+    else:
+        names = df.columns if isinstance(df, pl.DataFrame) else df.schema.names
     return all(c in names for c in PACKET_TOTALS)
 
 
 def with_packet_features(df: pl.DataFrame) -> pl.DataFrame:
     """``df`` (running totals with :data:`PACKET_TOTALS`) with :data:`PACKET_FEATURES` added."""
-    cols = list(packet_feature_columns(df)) if df.height else []
     return df.with_columns(
-        pl.Series(name, cols[i] if cols else np.zeros(0), dtype=pl.Float64)
-        for i, name in enumerate(PACKET_FEATURES)
+        pl.Series(name, col, dtype=pl.Float64)
+        for name, col in zip(PACKET_FEATURES, packet_feature_columns(df), strict=True)
     )
 
 
@@ -620,31 +611,31 @@ class BehaviorModel:
         """Whether the model reads :data:`PACKET_FEATURES` (flow records made from packets)."""
         return any(f in PACKET_FEATURES for f in self.features)
 
+    def _columns(
+        self, totals: dict[str, np.ndarray] | pl.DataFrame
+    ) -> tuple[tuple[str, ...], Iterator[np.ndarray]]:
+        """The names of the features computed for this model and the columns, lazily:
+        :func:`feature_columns`, then :func:`packet_feature_columns` for the packet model."""
+        if not self.packet:
+            return FEATURES, feature_columns(totals)
+        cols = itertools.chain(feature_columns(totals), packet_feature_columns(totals))
+        return FEATURES + PACKET_FEATURES, cols
+
     def matrix(self, totals: dict[str, np.ndarray] | pl.DataFrame) -> np.ndarray:
         """The model's feature matrix from running totals (and packet totals)."""
-        n = len(np.asarray(totals["age_s"]))
-        cols = list(feature_columns(totals))
-        if self.packet:
-            cols += list(packet_feature_columns(totals))
-        names = FEATURES + (PACKET_FEATURES if self.packet else ())
-        if n == 0:
+        names, cols = self._columns(totals)
+        if len(np.asarray(totals["age_s"])) == 0:
             return np.zeros((0, len(self.features)))
-        x = np.stack(cols, axis=1)
-        if names != self.features:
-            x = x[:, [names.index(f) for f in self.features]]
-        return x
+        x = np.stack(list(cols), axis=1)
+        return x if names == self.features else x[:, [names.index(f) for f in self.features]]
 
     def confidence_totals(self, totals: dict[str, np.ndarray]) -> np.ndarray:
-        """Calibrated probability from running totals (:func:`feature_columns`, and
-        :func:`packet_feature_columns` for the packet model), each feature binned as soon as
-        it is computed."""
-        cols = feature_columns(totals)
-        if self.packet:
-            cols = itertools.chain(cols, packet_feature_columns(totals))
-        if self.features != FEATURES + (PACKET_FEATURES if self.packet else ()):
+        """Calibrated probability from running totals, each feature binned as soon as it is
+        computed (:meth:`_columns`)."""
+        names, cols = self._columns(totals)
+        if names != self.features:
             return self.confidence(self.matrix(totals))
-        n = len(totals["age_s"])
-        return self.calibrate(self.card.logit_columns(cols, n))
+        return self.calibrate(self.card.logit_columns(cols, len(totals["age_s"])))
 
     def score_frame(self, feats: pl.DataFrame) -> np.ndarray:
         """Calibrated probability per row of a frame holding the model's features."""
@@ -721,7 +712,6 @@ def _term_text(name: str) -> str:
 
 
 _DEFAULT_MODEL: BehaviorModel | None = None
-_PACKET_MODEL: list[BehaviorModel | None] = []
 
 
 def default_model() -> BehaviorModel:
@@ -731,16 +721,14 @@ def default_model() -> BehaviorModel:
     return _DEFAULT_MODEL
 
 
+@functools.cache
 def default_packet_model() -> BehaviorModel | None:
     """The shipped packet model (:data:`PACKET_MODEL_FILE`), None when the package has none."""
-    if not _PACKET_MODEL:
-        ref = resources.files("minewatch.data").joinpath(PACKET_MODEL_FILE)
-        if ref.is_file():
-            with resources.as_file(ref) as p:
-                _PACKET_MODEL.append(BehaviorModel.load(p))
-        else:
-            _PACKET_MODEL.append(None)
-    return _PACKET_MODEL[0]
+    ref = resources.files("minewatch.data").joinpath(PACKET_MODEL_FILE)
+    if not ref.is_file():
+        return None
+    with resources.as_file(ref) as p:
+        return BehaviorModel.load(p)
 
 
 def model_for(
@@ -751,11 +739,7 @@ def model_for(
     (when one is shipped), the flow model for all others."""
     if model is not None:
         return model
-    names = flows.collect_schema().names() if isinstance(flows, pl.LazyFrame) else None
-    packet = (
-        all(c in names for c in PACKET_TOTALS) if names is not None else has_packet_totals(flows)
-    )
-    pm = default_packet_model() if packet else None
+    pm = default_packet_model() if has_packet_totals(flows) else None
     return pm if pm is not None else default_model()
 
 
@@ -1448,7 +1432,7 @@ class SlidingDetector:
 
 _SUM_STATE = ("PU", "PD", "BU", "BD", "NU", "ND", "PU2", "PD2")
 _PACKET_STATE: dict[str, Any] = {
-    c: pl.Float64 if "_sq_" in c or c == "gap_sum_up" else pl.Int64 for c in PACKET_TOTALS
+    n: pl.Float64 if t == pa.float64() else pl.Int64 for n, t in PACKET_COLUMNS
 }
 
 

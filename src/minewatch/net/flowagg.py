@@ -70,25 +70,8 @@ PACKET_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
 )
 FLOWS_PACKET = pa.schema([*FLOWS, *(pa.field(n, t) for n, t in PACKET_COLUMNS)])
 
-_SUMS = (
-    "packets_up",
-    "packets_down",
-    "bytes_up",
-    "bytes_down",
-    "pay_pkts_up",
-    "pay_pkts_down",
-    "pay_bytes_up",
-    "pay_bytes_down",
-    "small_up",
-    "pushes_down",
-    "gap_n_up",
-    "gap_sum_up",
-    "gap_sq_up",
-    "pay_sq_up",
-    "pay_sq_down",
-    "push_bytes_down",
-    "push_sq_down",
-)
+#: Columns summed when pending records of one window merge.
+_SUMS = ("packets_up", "packets_down", "bytes_up", "bytes_down", *(n for n, _ in PACKET_COLUMNS))
 
 #: Per-connection state, sorted by ``flow``.
 _NP_STATE: dict[str, type[np.generic]] = {
@@ -296,7 +279,8 @@ class FlowAggregator:
         has_gap = ~np.isnan(gapo)
         gapo = np.where(has_gap, gapo, 0.0)
         pay_up = np.add.reduceat(np.where(upo, payo, 0), b)
-        pushed = push[order].astype(bool)
+        pusho = push[order]
+        pushed = pusho.astype(bool)
         sq = payo.astype(np.float64) ** 2
         sq_up = np.add.reduceat(np.where(upo, sq, 0.0), b)
         return {
@@ -305,7 +289,7 @@ class FlowAggregator:
             "pay_bytes_up": pay_up,
             "pay_bytes_down": np.add.reduceat(payo, b) - pay_up,
             "small_up": np.add.reduceat((upo & has & (payo <= SMALL_PAYLOAD)).astype(np.int64), b),
-            "pushes_down": np.add.reduceat(push[order], b),
+            "pushes_down": np.add.reduceat(pusho, b),
             "gap_n_up": np.add.reduceat(has_gap.astype(np.int64), b),
             "gap_sum_up": np.add.reduceat(gapo, b),
             "gap_sq_up": np.add.reduceat(gapo * gapo, b),
