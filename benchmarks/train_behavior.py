@@ -332,6 +332,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     rows = load_rows(args.data, args.extra, ("pcap",) if args.packet else ("pcap", "softflowd"))
     rows = rows.filter(eligible())
     names = FEATURES + PACKET_FEATURES if args.packet else FEATURES
+    unknown = set(args.drop) - set(names)
+    if unknown:
+        raise SystemExit(f"--drop: no such feature {sorted(unknown)}; features: {names}")
+    names = tuple(n for n in names if n not in args.drop)
     print(
         f"{rows.height} eligible rows, {rows['conn'].n_unique()} connections "
         f"({time.time() - t0:.0f} s)"
@@ -423,6 +427,13 @@ def main() -> None:
         "--packet",
         action="store_true",
         help="the packet model: packet-path rows only, with the per-message features",
+    )
+    t.add_argument(
+        "--drop",
+        nargs="*",
+        default=[],
+        metavar="FEATURE",
+        help="features the model leaves out (of behavior.FEATURES and PACKET_FEATURES)",
     )
     t.add_argument("--folds", type=int, default=6)
     t.add_argument("--min-threshold", type=float, default=0.5)
