@@ -103,6 +103,8 @@ def cmd_miners(args: argparse.Namespace) -> None:
         paced=args.paced,
         job_schedule=args.job_schedule,
         vardiff=args.vardiff,
+        job_intervals=args.job_intervals,
+        share_intervals=args.share_intervals,
         on_round=report,
     )
 
@@ -638,6 +640,20 @@ def main() -> None:
         choices=["timer", "blocks"],
         default="timer",
         help="pool job timing: a fixed timer, or exponential gaps as real pools (lab.pool)",
+    )
+    m.add_argument(
+        "--job-intervals",
+        type=float,
+        nargs="+",
+        metavar="S",
+        help="pool job intervals to draw from (default lab.fleet.JOB_INTERVALS)",
+    )
+    m.add_argument(
+        "--share-intervals",
+        type=float,
+        nargs="+",
+        metavar="S",
+        help="share intervals --paced draws from (default lab.fleet.SHARE_INTERVALS)",
     )
     e = sub.add_parser("evaluate", help="run the shipped model over every held-out capture")
     e.add_argument("--paths", nargs="+", default=["pcap", "softflowd"])

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from minewatch.lab.behavior_data import MINER_VARIANTS
 from minewatch.lab.fleet import (
@@ -95,6 +96,14 @@ def test_miner_plans_are_held_out_and_on_their_ports(tmp_path: Path) -> None:
     assert all(v.share_target_s in SHARE_INTERVALS for v in vd)
     assert all(v.difficulty == max(1, round(EXPECTED_HS[v.algo] * v.share_target_s))
                for v in vd if v.share_target_s)  # fmt: skip
+    # Rounds aimed at settings a model missed: other choices, the same seeded draws otherwise.
+    aimed = plan_miners(4, 6, round_no=3, seed=1, paced=True, job_intervals=[150.0, 240.0],
+                        share_intervals=[3.0])  # fmt: skip
+    assert {s.job_interval for s in aimed} <= {150.0, 240.0}
+    assert all(s.difficulty == max(1, round(EXPECTED_HS[s.algo] * 3.0)) for s in aimed)
+    assert [s.tls for s in aimed] == [s.tls for s in paced]
+    with pytest.raises(ValueError, match="positive"):
+        plan_miners(1, 1, round_no=3, job_intervals=[0.0])
     launcher = idle_wrapper(tmp_path, Path("/opt/xmrig"))
     text = launcher.read_text()
     assert 'exec nice -n 19 "/opt/xmrig" "$@"' in text

@@ -63,7 +63,7 @@ import subprocess
 import threading
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -815,6 +815,8 @@ def plan_miners(
     paced: bool = False,
     job_schedule: JobSchedule = "timer",
     vardiff: bool = False,
+    job_intervals: Sequence[float] | None = None,
+    share_intervals: Sequence[float] | None = None,
 ) -> list[MinerSpec]:
     """A round of miners with seeded settings, on ports of :data:`MINER_PORTS`.
 
@@ -823,8 +825,14 @@ def plan_miners(
     ``paced``) that interval is also the share target of the pool's variable difficulty, so
     the share rate holds whatever CPU the miner gets. ``job_schedule`` and ``vardiff`` do not
     change the draws, so a round planned with them has the same miners as without (on other
-    ports with ``"blocks"``).
+    ports with ``"blocks"``). ``job_intervals`` and ``share_intervals`` replace
+    :data:`JOB_INTERVALS` and :data:`SHARE_INTERVALS` as the choices drawn from (rounds aimed at
+    settings a model missed, e.g. long job intervals with shares every few seconds).
     """
+    jobs = tuple(job_intervals or JOB_INTERVALS)
+    shares = tuple(share_intervals or SHARE_INTERVALS)
+    if min(jobs) <= 0 or min(shares) <= 0:
+        raise ValueError("job and share intervals must be positive seconds")
     paced = paced or vardiff
     rng = random.Random(f"miners-{seed}-{round_no}")
     specs = []
@@ -838,10 +846,10 @@ def plan_miners(
         nicehash = rng.random() < 0.4
         keepalive = rng.random() < 0.5
         diff = rng.choice(DIFFICULTIES[algo])
-        job = rng.choice(JOB_INTERVALS)
+        job = rng.choice(jobs)
         target: float | None = None
         if paced:
-            interval = rng.choice(SHARE_INTERVALS)
+            interval = rng.choice(shares)
             diff = max(1, round(EXPECTED_HS[algo] * interval))
             target = interval if vardiff else None
         port = MINER_PORTS[offset + k]
@@ -928,6 +936,8 @@ def run_miner_fleet(
     paced: bool = False,
     job_schedule: JobSchedule = "timer",
     vardiff: bool = False,
+    job_intervals: Sequence[float] | None = None,
+    share_intervals: Sequence[float] | None = None,
     on_round: Callable[[int, list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """``rounds`` rounds of ``n_randomx + n_light`` concurrent XMRig runs; the manifest."""
@@ -940,7 +950,15 @@ def run_miner_fleet(
     entries: list[dict[str, Any]] = []
     for r in range(first_round, first_round + rounds):
         specs = plan_miners(
-            n_randomx, n_light, r, seed, paced=paced, job_schedule=job_schedule, vardiff=vardiff
+            n_randomx,
+            n_light,
+            r,
+            seed,
+            paced=paced,
+            job_schedule=job_schedule,
+            vardiff=vardiff,
+            job_intervals=job_intervals,
+            share_intervals=share_intervals,
         )
         round_entries: list[dict[str, Any]] = []
 
