@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 
 import pytest
 
@@ -108,13 +109,19 @@ def test_miner_port_alone_is_nothing() -> None:
 
 def sv2_session(reply: int = 170) -> T.Conversation:
     """Stratum V2's visible shape. No SV2 implementation is packaged for this machine (Debian
-    or PyPI), so the bytes are random with the sizes of the Noise NX handshake and frames."""
+    or PyPI), so the bytes are random with the sizes of the Noise NX handshake and frames.
+
+    Seeded: about 1.5% of unseeded sessions failed (a CI rehearsal on 2026-12-07 hit one),
+    because a first 64-byte key that begins with ``{`` or ``[`` (after whitespace), or holds
+    ``{"``, is taken for JSON-RPC before the Stratum V2 shape is tried; docs/scan.md lists
+    that limit."""
+    rng = random.Random(f"sv2-{reply}")
     c = T.Conversation(("10.1.0.10", 52000), ("10.9.0.10", 34254), 1_764_000_000.0)
-    c.send(0.1, True, os.urandom(64))  # client ElligatorSwift ephemeral key
-    c.send(0.2, False, os.urandom(reply))  # server reply: key, static key, signature
+    c.send(0.1, True, rng.randbytes(64))  # client ElligatorSwift ephemeral key
+    c.send(0.2, False, rng.randbytes(reply))  # server reply: key, static key, signature
     for i in range(6):
-        c.send(1 + i * 10, True, os.urandom(22 + 40 + 16))  # SubmitSharesStandard-sized
-        c.send(1.5 + i * 10, False, os.urandom(22 + 60 + 16))
+        c.send(1 + i * 10, True, rng.randbytes(22 + 40 + 16))  # SubmitSharesStandard-sized
+        c.send(1.5 + i * 10, False, rng.randbytes(22 + 60 + 16))
     return c
 
 
