@@ -200,25 +200,25 @@ def test_softflowd_export_gives_the_same_verdicts(
     for pcap in [miner.pcap, xmrig_tls_capture.pcap, *lab_traffic.benign]:
         flows = flows_from_pcap(pcap)
         exported = flows_from_softflowd(pcap, tmp_path)
-        story = miner_story(miner) if pcap == miner.pcap else ""
         cuts = [m.threshold]
         if pcap == miner.pcap:
             port = miner.pool_port
             cuts.append(min(flow_threshold(flows, port), flow_threshold(exported, port)))
         for t in cuts:
             by_packets = keys(detect(flows, model=m, threshold=t))
-            assert keys(detect(exported, threshold=t)) == by_packets, (pcap, t, story)
+            assert keys(detect(exported, threshold=t)) == by_packets, (pcap, t, miner_story(miner))
         if pcap == miner.pcap:
-            assert by_packets, story  # at the connection's own best score: reported by both
+            # at the connection's own best score: reported by both
+            assert by_packets, miner_story(miner)
             best = [
                 flow_scored(f).group_by(CONN_KEY).agg(pl.col("log_odds").max())
                 for f in (flows, exported)
             ]
             # the pool is on a service port, so a one-way export orients it alike (docs)
             both = best[0].join(best[1], on=CONN_KEY, suffix="_exp")
-            assert both.height == best[0].height == best[1].height == 1, (best, story)
+            assert both.height == best[0].height == best[1].height == 1, (best, miner_story(miner))
             gap = abs(both["log_odds"][0] - both["log_odds_exp"][0])
-            assert gap <= 1.0, (both, story)
+            assert gap <= 1.0, (both, miner_story(miner))
         # the 85 s session is too short to be scored (120 s); the benign peers are benign
         pool = {k for k in keys(detect(flows)) if k[3] == miner.pool_port}
         assert keys(detect(flows)) == (pool if pcap == miner.pcap else set()), pcap
