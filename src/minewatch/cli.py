@@ -435,6 +435,107 @@ def _collect(
     err_console.print(f"collector stopped: {json.dumps(counters)}")
 
 
+@app.command("probe")
+def _probe(
+    targets: list[str] = typer.Argument(
+        ..., help="HOST:PORT of servers to probe, or - for detections (JSON Lines) on stdin."
+    ),
+    timeout: float = typer.Option(3.0, "--timeout", help="Seconds per connection attempt."),
+    login: str = typer.Option(
+        None, "--login", help="Login sent to CryptoNote pools (default: minewatch-probe)."
+    ),
+    tls: str = typer.Option("auto", "--tls", help="auto (plain, then TLS), on or off."),
+    workers: int = typer.Option(32, "--workers", help="Servers probed at once."),
+    only_pools: bool = typer.Option(
+        False, "--only-pools", help="Print only servers (or detections) that answered as pools."
+    ),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl (default) or table."),
+) -> None:
+    """Ask servers whether they are mining pools (a Stratum login); JSON Lines on stdout.
+
+    With -, each detection read from stdin (from `scan` or `flows detect`) is printed again
+    with a `probe` object for its server (dst_ip, dst_port) and, when the server answered as a
+    pool, the probe's reason added to its reasons. Connects to the servers named: use it only
+    where that is allowed."""
+    import json
+    import sys
+
+    from minewatch.errors import InputError
+    from minewatch.net.probe import DEFAULT_LOGIN, parse_endpoint, probe_many
+
+    if fmt not in ("jsonl", "table") or tls not in ("auto", "on", "off") or timeout <= 0:
+        err_console.print("--format must be jsonl or table, --tls auto, on or off, --timeout > 0")
+        raise typer.Exit(2)
+    detections: list[dict[str, Any]] = []
+    named: list[tuple[str, int]] = []  # given as HOST:PORT
+    endpoints: list[tuple[str, int]] = []
+    bad = 0
+    try:
+        for t in targets:
+            if t != "-":
+                named.append(parse_endpoint(t))
+                endpoints.append(named[-1])
+                continue
+            for n, line in enumerate(sys.stdin, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                    key = (str(rec["dst_ip"]), int(rec["dst_port"]))
+                except (ValueError, KeyError, TypeError) as exc:
+                    bad += 1
+                    err_console.print(
+                        f"stdin line {n}: not a detection with dst_ip/dst_port ({exc})"
+                    )
+                    continue
+                detections.append(rec)
+                endpoints.append(key)
+    except InputError as exc:
+        err_console.print(f"unusable input: {exc}")
+        raise typer.Exit(2) from exc
+    results = probe_many(
+        endpoints,
+        timeout=timeout,
+        login=login or DEFAULT_LOGIN,
+        tls=None if tls == "auto" else tls == "on",
+        workers=workers,
+    )
+    by_key = {(r.host, r.port): r for r in results}
+    rows: list[dict[str, Any]] = []
+    for rec in detections:
+        r = by_key[(str(rec["dst_ip"]), int(rec["dst_port"]))]
+        d = r.to_dict()
+        rec["probe"] = {k: d[k] for k in ("verdict", "dialect", "tls", "algo", "reasons")}
+        if r.verdict == "pool" and isinstance(rec.get("reasons"), list):
+            rec["reasons"].append(f"probe: the server {r.reasons[0]}")
+        if r.verdict == "pool" or not only_pools:
+            rows.append(rec)
+    for key in dict.fromkeys(named):
+        if by_key[key].verdict == "pool" or not only_pools:
+            rows.append(by_key[key].to_dict())
+    if fmt == "table":
+        from rich.table import Table
+
+        table = Table(title="probed servers")
+        for col in ("server", "verdict", "dialect", "tls", "why"):
+            table.add_column(col)
+        for r in results:
+            if only_pools and r.verdict != "pool":
+                continue
+            table.add_row(
+                f"{r.host}:{r.port}", r.verdict, r.dialect or "", str(r.tls), "; ".join(r.reasons)
+            )
+        _wide_console().print(table)
+    else:
+        for row in rows:
+            typer.echo(json.dumps(row, ensure_ascii=False))
+    pools = sum(r.verdict == "pool" for r in results)
+    err_console.print(
+        f"{len(results)} server(s) probed: {pools} pool(s)"
+        + (f"; {bad} stdin line(s) skipped" if bad else "")
+    )
+
+
 @lab_app.command("pool")
 def _lab_pool(
     port: int = typer.Option(3333, "--port", help="TCP port on the bind address (0: any free)."),
@@ -458,6 +559,9 @@ def _lab_pool(
     tls: bool = typer.Option(False, "--tls", help="TLS with a self-signed certificate."),
     dialect: str = typer.Option("cryptonote", "--dialect", help="cryptonote or stratum1."),
     nicehash: bool = typer.Option(False, "--nicehash", help="Fixed nonce byte per connection."),
+    check_wallet: bool = typer.Option(
+        False, "--check-wallet", help="Refuse logins not shaped like a Monero address."
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Loopback address to bind."),
 ) -> None:
     """Run the loopback test mining pool until Ctrl-C; logs to stderr."""
@@ -477,6 +581,7 @@ def _lab_pool(
             tls=tls,
             nicehash=nicehash,
             share_target_s=share_target,
+            check_wallet=check_wallet,
         )
     except ValueError as exc:
         err_console.print(str(exc))

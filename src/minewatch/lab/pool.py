@@ -47,6 +47,7 @@ import itertools
 import json
 import logging
 import random
+import re
 import secrets
 import ssl
 import struct
@@ -69,6 +70,10 @@ _MIN_JOB_GAP = 0.05  # seconds: two blocks closer than this are pushed as one jo
 
 #: Lines longer than this are discarded (and recorded as bad input) without being parsed.
 DEFAULT_MAX_LINE_BYTES = 16 * 1024
+
+#: A Monero address as pools check its shape: standard (95 characters) or integrated (106),
+#: base58, mainnet prefix 4 or 8. The checksum is not verified (nor by the lab's fake wallets).
+MONERO_ADDRESS = re.compile(r"[48][1-9A-HJ-NP-Za-km-z]{94}(?:[1-9A-HJ-NP-Za-km-z]{11})?")
 
 #: Extensions the CryptoNote pool announces in its login reply (``nicehash`` only when enabled).
 BASE_EXTENSIONS: tuple[str, ...] = ("algo", "keepalive", "connect")
@@ -260,6 +265,10 @@ class PoolConfig:
     it: ``difficulty`` is then only where each session starts, and the pool retargets it so
     that the miner finds about one share every ``share_target_s`` seconds, whatever its hash
     rate (see :class:`VarDiff`). ``None`` keeps the difficulty fixed.
+
+    ``check_wallet`` makes CryptoNote logins whose wallet (the login up to ``.`` or ``+``) is
+    not shaped like a Monero address fail with ``Invalid payment address provided``, as
+    pools that pay out do; by default any login is accepted.
     """
 
     host: str = "127.0.0.1"
@@ -277,6 +286,7 @@ class PoolConfig:
     extranonce2_size: int = 4
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     share_target_s: float | None = None
+    check_wallet: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "host", require_loopback(self.host))
@@ -750,6 +760,12 @@ class _CryptoNoteSession(_Session):
             return
         if self.logged_in:
             await self.error(msg_id, -1, "Already logged in")
+            return
+        wallet = re.split(r"[.+]", params["login"], maxsplit=1)[0]
+        if self.config.check_wallet and not MONERO_ADDRESS.fullmatch(wallet):
+            # What nodejs-pool (supportxmr, MoneroOcean) answers a login it cannot pay.
+            self.bad("bad-wallet", raw)
+            await self.error(msg_id, -1, "Invalid payment address provided")
             return
         algos = params.get("algo")
         rig_id = params.get("rigid")
