@@ -424,6 +424,53 @@ def print_curve(curve: list[dict[str, Any]]) -> None:
         )
 
 
+def candidate_table(res: pl.DataFrame, levels: list[float]) -> list[dict[str, Any]]:
+    """Per path and candidate level (calibrated confidence, the unit of ``flows detect
+    --threshold``): TLS mining connections at or above it within 10 minutes, benign long-lived
+    connections at or above it at any time, and the distinct benign servers among those (what
+    ``minewatch probe`` would be asked about). The probe's verdict is not simulated here:
+    ``tests/net/test_probe.py`` shows it on live servers of every family in these captures."""
+    from minewatch.net.behavior import default_model, default_packet_model
+
+    out: list[dict[str, Any]] = []
+    tls_mining = res.filter(
+        (pl.col("label") == 1) & (pl.col("age_s") >= 60) & pl.col("family").str.contains("tls")
+    )
+    benign = res.filter((pl.col("label") == 0) & pl.col("long_lived"))
+    for path in sorted(set(res["path"])):
+        # The models the two paths use: exporter records have no packet statistics.
+        model = default_model() if path == "softflowd" else default_packet_model()
+        assert model is not None
+        mm = tls_mining.filter(pl.col("path") == path)
+        bb = benign.filter(pl.col("path") == path)
+        if mm.height == 0 or bb.height == 0:
+            continue
+        conf_m = model.calibrate(mm["max_logit_10min"].fill_null(-np.inf).to_numpy())
+        conf_b = model.calibrate(bb["max_logit"].fill_null(-np.inf).to_numpy())
+        for level in levels:
+            hit_b = conf_b >= level
+            servers = bb.filter(pl.Series(hit_b)).select("batch", "family").unique().height
+            out.append(
+                {"path": path, "level": level, "tls_mining": mm.height,
+                 "found_10min": int((conf_m >= level).sum()), "benign": bb.height,
+                 "benign_candidates": int(hit_b.sum()), "benign_servers": servers}
+            )  # fmt: skip
+    return out
+
+
+def print_candidates(rows: list[dict[str, Any]]) -> None:
+    print("\ncandidates for `minewatch probe` (flows detect --threshold LEVEL | probe -):")
+    print("| path | level | TLS mining ≥ level ≤ 10 min | benign long-lived ≥ level | servers |")
+    print("| --- | --- | --- | --- | --- |")
+    for c in rows:
+        print(
+            f"| {c['path']} | {c['level']:g} | {c['found_10min']}/{c['tls_mining']} "
+            f"({_pct(c['found_10min'] / c['tls_mining'])}) | {c['benign_candidates']}/"
+            f"{c['benign']} ({_pct(c['benign_candidates'] / c['benign'], 2)}) | "
+            f"{c['benign_servers']} |"
+        )
+
+
 def software_log(data: Path, batches: list[str]) -> pl.DataFrame:
     """What each benign client was (software, role, parameters), from connections.jsonl."""
     rows = []
@@ -557,6 +604,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print_table(rows)
     curve = operating_curve(res)
     print_curve(curve)
+    candidates = candidate_table(res, args.candidates)
+    print_candidates(candidates)
     mining = res.filter((pl.col("label") == 1) & (pl.col("age_s") >= 60))
     missed = mining.filter(~pl.col("detected_10min"))
     print(f"\nmissed mining connections (within 10 min): {missed.height}")
@@ -596,6 +645,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 "load": load,
                 "rows": rows,
                 "operating_curve": curve,
+                "candidates": candidates,
                 "missed": missed.select("path", "variant", "accepted_shares", "age_s").to_dicts(),
                 "false_positives": fps.drop("settings").to_dicts(),
             },
@@ -658,6 +708,14 @@ def main() -> None:
     e = sub.add_parser("evaluate", help="run the shipped model over every held-out capture")
     e.add_argument("--paths", nargs="+", default=["pcap", "softflowd"])
     e.add_argument("--rev", help="evaluate the code and model of this git revision")
+    e.add_argument(
+        "--candidates",
+        type=float,
+        nargs="+",
+        default=[0.4, 0.07],
+        metavar="LEVEL",
+        help="calibrated levels for the probe's candidate table (default 0.4 0.07)",
+    )
     e.add_argument("--json", type=Path, help="summary file (default .cache/heldout/results-REV)")
     args = ap.parse_args()
     {"benign": cmd_benign, "miners": cmd_miners, "evaluate": cmd_evaluate}[args.cmd](args)

@@ -453,66 +453,72 @@ def _probe(
 ) -> None:
     """Ask servers whether they are mining pools (a Stratum login); JSON Lines on stdout.
 
-    With -, each detection read from stdin (from `scan` or `flows detect`) is printed again
-    with a `probe` object for its server (dst_ip, dst_port) and, when the server answered as a
-    pool, the probe's reason added to its reasons. Connects to the servers named: use it only
-    where that is allowed."""
+    With -, each detection read from stdin (from `scan`, `flows detect` or `collect`) is
+    printed again, as soon as its server's probe is done and in input order, with a `probe`
+    object for its server (dst_ip, dst_port) and, when the server answered as a pool, the
+    probe's reason added to its reasons. Connects to the servers named: use it only where that
+    is allowed."""
     import json
+    import queue
     import sys
+    import threading
+    from concurrent.futures import Future
 
     from minewatch.errors import InputError
-    from minewatch.net.probe import DEFAULT_LOGIN, parse_endpoint, probe_many
+    from minewatch.net.probe import DEFAULT_LOGIN, Prober, ProbeResult, annotate, parse_endpoint
 
     if fmt not in ("jsonl", "table") or tls not in ("auto", "on", "off") or timeout <= 0:
         err_console.print("--format must be jsonl or table, --tls auto, on or off, --timeout > 0")
         raise typer.Exit(2)
-    detections: list[dict[str, Any]] = []
-    named: list[tuple[str, int]] = []  # given as HOST:PORT
-    endpoints: list[tuple[str, int]] = []
-    bad = 0
     try:
-        for t in targets:
-            if t != "-":
-                named.append(parse_endpoint(t))
-                endpoints.append(named[-1])
-                continue
-            for n, line in enumerate(sys.stdin, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    key = (str(rec["dst_ip"]), int(rec["dst_port"]))
-                except (ValueError, KeyError, TypeError) as exc:
-                    bad += 1
-                    err_console.print(
-                        f"stdin line {n}: not a detection with dst_ip/dst_port ({exc})"
-                    )
-                    continue
-                detections.append(rec)
-                endpoints.append(key)
+        named = [parse_endpoint(t) for t in targets if t != "-"]
     except InputError as exc:
         err_console.print(f"unusable input: {exc}")
         raise typer.Exit(2) from exc
-    results = probe_many(
-        endpoints,
+
+    def emit(row: dict[str, Any]) -> None:
+        if fmt != "table":  # the table (servers only) comes at the end
+            typer.echo(json.dumps(row, ensure_ascii=False))
+
+    prober = Prober(
         timeout=timeout,
         login=login or DEFAULT_LOGIN,
         tls=None if tls == "auto" else tls == "on",
         workers=workers,
     )
-    by_key = {(r.host, r.port): r for r in results}
-    rows: list[dict[str, Any]] = []
-    for rec in detections:
-        r = by_key[(str(rec["dst_ip"]), int(rec["dst_port"]))]
-        d = r.to_dict()
-        rec["probe"] = {k: d[k] for k in ("verdict", "dialect", "tls", "algo", "reasons")}
-        if r.verdict == "pool" and isinstance(rec.get("reasons"), list):
-            rec["reasons"].append(f"probe: the server {r.reasons[0]}")
-        if r.verdict == "pool" or not only_pools:
-            rows.append(rec)
+    for key in named:
+        prober.submit(*key)
+    pending: queue.Queue[tuple[dict[str, Any], Future[ProbeResult]] | None] = queue.Queue()
+
+    def printer() -> None:
+        while (item := pending.get()) is not None:
+            rec, fut = item
+            result = fut.result()
+            if result.verdict == "pool" or not only_pools:
+                emit(annotate(rec, result))
+
+    out = threading.Thread(target=printer, name="probe-printer", daemon=True)
+    out.start()
+    bad = 0
+    for n, line in enumerate(sys.stdin if "-" in targets else [], 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            key = (str(rec["dst_ip"]), int(rec["dst_port"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            bad += 1
+            err_console.print(f"stdin line {n}: not a detection with dst_ip/dst_port ({exc})")
+            continue
+        pending.put((rec, prober.submit(*key)))
+    pending.put(None)
+    out.join()
     for key in dict.fromkeys(named):
-        if by_key[key].verdict == "pool" or not only_pools:
-            rows.append(by_key[key].to_dict())
+        result = prober.submit(*key).result()
+        if result.verdict == "pool" or not only_pools:
+            emit(result.to_dict())
+    results = prober.results()
+    prober.close()
     if fmt == "table":
         from rich.table import Table
 
@@ -526,9 +532,6 @@ def _probe(
                 f"{r.host}:{r.port}", r.verdict, r.dialect or "", str(r.tls), "; ".join(r.reasons)
             )
         _wide_console().print(table)
-    else:
-        for row in rows:
-            typer.echo(json.dumps(row, ensure_ascii=False))
     pools = sum(r.verdict == "pool" for r in results)
     err_console.print(
         f"{len(results)} server(s) probed: {pools} pool(s)"

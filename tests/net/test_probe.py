@@ -235,3 +235,31 @@ def test_cli_only_pools_keeps_confirmed_detections_and_named_servers() -> None:
     assert [r.get("src_ip") for r in recs] == ["10.0.0.3", None]  # the detection, the server
     assert recs[1]["verdict"] == "pool" and recs[1]["port"] == recs[0]["dst_port"]
     assert "2 server(s) probed: 1 pool(s)" in out.stderr
+
+
+def test_cli_annotates_each_detection_as_it_comes() -> None:
+    """`collect | probe -`: a detection is printed once its server is probed, before stdin
+    ends (the collector runs for hours)."""
+    with PoolThread(PoolConfig()) as pool:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "minewatch", "probe", "-", "--timeout", "5"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            det = {"src_ip": "10.0.0.5", "dst_ip": HOST, "dst_port": pool.port, "reasons": []}
+            proc.stdin.write(json.dumps(det) + "\n")
+            proc.stdin.flush()
+            got: list[str] = []
+            reader = threading.Thread(target=lambda: got.append(proc.stdout.readline()))  # type: ignore[union-attr]
+            reader.start()
+            reader.join(60)
+            assert got and json.loads(got[0])["probe"]["verdict"] == "pool"
+            assert proc.poll() is None  # still reading stdin
+        finally:
+            proc.stdin.close()
+            proc.wait(60)
+    assert proc.returncode == 0

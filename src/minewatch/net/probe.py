@@ -37,7 +37,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -342,6 +342,56 @@ def probe(
     return res
 
 
+class Prober:
+    """:func:`probe` on a thread pool, ``workers`` servers at a time, each server once (the
+    futures are kept): what ``minewatch probe -`` uses to annotate detections as they come."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 3.0,
+        login: str = DEFAULT_LOGIN,
+        tls: bool | None = None,
+        workers: int = 32,
+    ) -> None:
+        self.timeout, self.login, self.tls = timeout, login, tls
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        self._futures: dict[tuple[str, int], Future[ProbeResult]] = {}
+
+    def submit(self, host: str, port: int) -> Future[ProbeResult]:
+        key = (host, port)
+        fut = self._futures.get(key)
+        if fut is None:
+            fut = self._pool.submit(
+                probe, host, port, timeout=self.timeout, login=self.login, tls=self.tls
+            )
+            self._futures[key] = fut
+        return fut
+
+    def results(self) -> list[ProbeResult]:
+        """Every server's result, in the order they were first asked for."""
+        return [f.result() for f in self._futures.values()]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> Prober:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def annotate(detection: dict[str, Any], result: ProbeResult) -> dict[str, Any]:
+    """A detection (``scan``/``flows detect`` record) with its server's probe: a ``probe``
+    object, and the probe's reason added to its ``reasons`` when the server is a pool."""
+    d = result.to_dict()
+    detection["probe"] = {k: d[k] for k in ("verdict", "dialect", "tls", "algo", "reasons")}
+    if result.verdict == "pool" and isinstance(detection.get("reasons"), list):
+        detection["reasons"].append(f"probe: the server {result.reasons[0]}")
+    return detection
+
+
 def probe_many(
     endpoints: Iterable[tuple[str, int]],
     *,
@@ -351,10 +401,7 @@ def probe_many(
     workers: int = 32,
 ) -> list[ProbeResult]:
     """:func:`probe` each distinct endpoint, ``workers`` at a time; results in input order."""
-    unique = list(dict.fromkeys(endpoints))
-    if not unique:
-        return []
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(unique)))) as ex:
-        return list(
-            ex.map(lambda e: probe(e[0], e[1], timeout=timeout, login=login, tls=tls), unique)
-        )
+    with Prober(timeout=timeout, login=login, tls=tls, workers=workers) as p:
+        for host, port in endpoints:
+            p.submit(host, port)
+        return p.results()
