@@ -59,11 +59,13 @@ def test_a_pool_that_checks_wallets_is_confirmed_by_its_refusal() -> None:
     with PoolThread(PoolConfig(check_wallet=True, tls=True)) as pool:
         refused = probe(HOST, pool.port, timeout=5)
         wallet = probe(HOST, pool.port, timeout=5, login=fake_monero_address("probe") + ".rig1")
+        by_name = probe("localhost", pool.port, timeout=5)  # a name: sent as SNI in TLS
         bad = [b.kind for b in pool.record.bad_inputs]
     assert refused.verdict == "pool" and refused.tls is True
     assert "Invalid payment address provided" in refused.reasons[0]
     assert refused.algo is None  # no job was given
     assert wallet.verdict == "pool" and wallet.algo == "rx/0"
+    assert by_name.verdict == "pool" and by_name.host == "localhost"
     assert "bad-wallet" in bad
 
 

@@ -31,6 +31,7 @@ allowed. Not a hot path: one thread per endpoint in flight (:func:`probe_many`).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import socket
@@ -194,7 +195,9 @@ def _exchange(host: str, port: int, tls: bool, payload: bytes, timeout: float) -
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
             try:
-                sock = ctx.wrap_socket(raw, server_hostname=None)
+                # The name as SNI when one was given: pools behind a TLS proxy route by it.
+                sni = None if _is_ip(host) else host
+                sock = ctx.wrap_socket(raw, server_hostname=sni)
             except (ssl.SSLError, OSError) as exc:
                 return Attempt(tls, request, "tls-failed", note=type(exc).__name__)
         sock.sendall(payload)
@@ -217,6 +220,14 @@ def _exchange(host: str, port: int, tls: bool, payload: bytes, timeout: float) -
     finally:
         raw.close()
     return _judge(Attempt(tls, request, "silent" if not buf else "other", buf))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _judge(a: Attempt) -> Attempt:
