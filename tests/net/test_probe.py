@@ -158,6 +158,9 @@ def test_pool_evidence_rules() -> None:
     login = "cryptonote-login"
     refuse = {"id": 1, "jsonrpc": "2.0", "error": {"code": -1, "message": "Invalid address"}}
     assert _pool_evidence(login, [refuse])["why"] == "refusal"  # type: ignore[index]
+    stratum_style = {"error": [-3, "login", None], "id": 1, "result": None}
+    assert _pool_evidence(login, [stratum_style])["why"] == "refusal"  # type: ignore[index]
+    assert _pool_evidence(login, [{"id": 1, "error": [-1, "Method not found", None]}]) is None
     no_method = {"id": 1, "error": {"code": -32601, "message": "Method not found: login"}}
     assert _pool_evidence(login, [no_method]) is None
     unknown = {"id": 1, "error": {"code": -32601, "message": "unknown method login"}}

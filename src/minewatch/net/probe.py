@@ -264,6 +264,8 @@ def _pool_evidence(request: str, msgs: list[dict[str, Any]]) -> dict[str, Any] |
             if isinstance(job, dict) and "blob" in job and "target" in job:
                 return {"dialect": "cryptonote", "why": "job", "job": job}
             msg = error.get("message") if isinstance(error, dict) else error
+            if isinstance(error, list):  # Stratum's [code, message, traceback]
+                msg = next((e for e in error if isinstance(e, str)), None)
             if isinstance(msg, str) and _REFUSAL.search(msg) and not _NO_METHOD.search(msg):
                 return {"dialect": "cryptonote", "why": "refusal", "message": msg}
         elif (
