@@ -344,7 +344,10 @@ def _flows_detect(
         False, "--no-default-intel", help="Do not use the curated pool list shipped with minewatch."
     ),
     threshold: float = typer.Option(
-        None, "--threshold", help="Alert threshold (default: the model's own, see its data card)."
+        None,
+        "--threshold",
+        help="Alert threshold (default: the model's own, see its data card); lower, e.g. 0.4, "
+        "for candidates to confirm with `minewatch probe -`.",
     ),
 ) -> None:
     """Behaviour model over flow records; one JSON line per mining connection on stdout."""
