@@ -19,6 +19,7 @@ import pytest
 
 from minewatch.errors import InputError
 from minewatch.lab.behavior_data import BENIGN_SCENARIOS, Peers, _start_on, service_port, wait_port
+from minewatch.lab.fleet import BENIGN_FAMILIES, BenignPlan, family_ports, run_benign_fleet
 from minewatch.lab.pool import PoolConfig, PoolThread
 from minewatch.lab.xmrig import fake_monero_address
 from minewatch.net.probe import _pool_evidence, parse_endpoint, probe, probe_many
@@ -115,6 +116,37 @@ def test_real_benign_servers_are_not_pools(benign_servers: dict[str, int]) -> No
     assert by_name["electrum"].attempts[0].outcome == "json-rpc"
     # A TLS server is tried in TLS after the plain attempt was closed.
     assert any(a.tls for a in by_name["mqtt-tls"].attempts)
+
+
+def test_held_out_fleet_servers_are_not_pools() -> None:
+    """The servers of the held-out benign fleet (docs/behavior-heldout.md), whose clients are
+    the flow model's false positives, probed while a tiny fleet runs: mosquitto plain and TLS,
+    redis-server (redis-py pooled and pub/sub clients), websockets plain and TLS, hypercorn
+    HTTP/2 and HTTP/1.1, the fleet's Electrum-style server plain and TLS, a PostgreSQL
+    instance started for the run and OpenSSH."""
+    plan = BenignPlan(
+        connections=24, postgres=2, ssh=1, duration_s=25.0, ramp_s=2.0, seed=11,
+        families=BENIGN_FAMILIES,
+    )  # fmt: skip
+    base = 21970
+    ports = family_ports(base)
+    work = Path(tempfile.mkdtemp(prefix="minewatch-probe-fleet-"))
+    work.chmod(0o755)  # PostgreSQL and mosquitto drop root before writing or reading there
+    done: list[object] = []
+    fleet = threading.Thread(
+        target=lambda: done.append(run_benign_fleet(work / "fleet", plan, port_base=base))
+    )
+    fleet.start()
+    try:
+        for port in ports.values():
+            wait_port(port, 60.0)
+        results = probe_many([(HOST, p) for p in ports.values()], timeout=4)
+    finally:
+        fleet.join(120)
+        shutil.rmtree(work, ignore_errors=True)
+    assert done, "the fleet did not finish"
+    for family, r in zip(ports, results, strict=True):
+        assert r.verdict == "not_pool", (family, r.reasons)
 
 
 def test_closed_and_silent_servers() -> None:
