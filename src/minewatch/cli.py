@@ -467,15 +467,15 @@ def _probe(
     import threading
     from concurrent.futures import Future
 
-    from minewatch.errors import InputError
-    from minewatch.net.probe import DEFAULT_LOGIN, Prober, ProbeResult, annotate, parse_endpoint
+    from minewatch.net.collector import parse_hostport
+    from minewatch.net.probe import DEFAULT_LOGIN, Prober, ProbeResult, annotate
 
     if fmt not in ("jsonl", "table") or tls not in ("auto", "on", "off") or timeout <= 0:
         err_console.print("--format must be jsonl or table, --tls auto, on or off, --timeout > 0")
         raise typer.Exit(2)
     try:
-        named = [parse_endpoint(t) for t in targets if t != "-"]
-    except InputError as exc:
+        named = [parse_hostport(t, None) for t in targets if t != "-"]
+    except ValueError as exc:
         err_console.print(f"unusable input: {exc}")
         raise typer.Exit(2) from exc
 

@@ -320,6 +320,13 @@ def test_parse_hostport() -> None:
     assert parse_hostport("[::1]:9995") == ("::1", 9995)
     assert parse_hostport(":4739") == ("127.0.0.1", 4739)
     assert parse_hostport("127.0.0.1") == ("127.0.0.1", 2055)
+    # Without a default the port is required (minewatch probe's targets).
+    assert parse_hostport("203.0.113.7:3333", None) == ("203.0.113.7", 3333)
+    assert parse_hostport("[2001:db8::1]:443", None) == ("2001:db8::1", 443)
+    assert parse_hostport("pool.example:14433", None) == ("pool.example", 14433)
+    for bad in ("203.0.113.7", "2001:db8::1:443", "host:0", "host:70000", "host:x", ""):
+        with pytest.raises(ValueError):
+            parse_hostport(bad, None)
 
 
 def test_udp_socket_table_sees_binding_and_queue() -> None:

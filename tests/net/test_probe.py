@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from minewatch.errors import InputError
 from minewatch.lab.behavior_data import BENIGN_SCENARIOS, Peers, _start_on, service_port, wait_port
 from minewatch.lab.fleet import BENIGN_FAMILIES, BenignPlan, family_ports, run_benign_fleet
 from minewatch.lab.pool import PoolConfig, PoolThread
 from minewatch.lab.xmrig import fake_monero_address
-from minewatch.net.probe import _pool_evidence, parse_endpoint, probe, probe_many
+from minewatch.net.probe import _pool_evidence, probe, probe_many
 
 HOST = "127.0.0.1"
 
@@ -206,15 +205,6 @@ def test_pool_evidence_rules() -> None:
     assert _pool_evidence("stratum1-subscribe", [{"id": 1, "result": ["x", "nothex"]}]) is None
     notify = {"id": None, "method": "mining.set_difficulty", "params": [1]}
     assert _pool_evidence("stratum1-subscribe", [notify])["why"].startswith("pushed")  # type: ignore[index]
-
-
-def test_parse_endpoint() -> None:
-    assert parse_endpoint("203.0.113.7:3333") == ("203.0.113.7", 3333)
-    assert parse_endpoint("[2001:db8::1]:443") == ("2001:db8::1", 443)
-    assert parse_endpoint("pool.example:14433") == ("pool.example", 14433)
-    for bad in ("203.0.113.7", "2001:db8::1:443", "host:0", "host:70000", ""):
-        with pytest.raises(InputError):
-            parse_endpoint(bad)
 
 
 def _cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -53,18 +53,25 @@ def passthrough(batch: pa.RecordBatch) -> list[dict[str, Any]]:
     return []
 
 
-def parse_hostport(text: str, default_port: int = 2055) -> tuple[str, int]:
-    """``"127.0.0.1:2055"``, ``"[::1]:2055"``, ``":2055"`` or ``"127.0.0.1"``."""
+def parse_hostport(text: str, default_port: int | None = 2055) -> tuple[str, int]:
+    """``"127.0.0.1:2055"``, ``"[::1]:2055"``, ``":2055"``, ``"host"`` or a bare IPv6 address
+    (the port then ``default_port``). With ``default_port=None`` a port is required.
+    :class:`ValueError` for a missing or non-numeric port or one outside 1-65535."""
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
         port = rest.lstrip(":")
-        return host, int(port) if port else default_port
-    if text.count(":") == 1:
+    elif text.count(":") == 1:
         host, port = text.split(":")
-        return host or "127.0.0.1", int(port)
-    if text.count(":") > 1:
-        return text, default_port
-    return text, default_port
+        host = host or "127.0.0.1"
+    else:  # a host name, an IPv4 address or a bare IPv6 address: no port
+        host, port = text, ""
+    if not port and default_port is not None:
+        return host or "127.0.0.1", default_port
+    if not host or not port:
+        raise ValueError(f"not HOST:PORT: {text!r} (e.g. 203.0.113.7:3333 or [2001:db8::1]:443)")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port in {text!r}")
+    return host, int(port)
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,10 @@ import ssl
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from minewatch.errors import InputError
 from minewatch.net.hashrate import cryptonote_difficulty
 
 Verdict = Literal["pool", "not_pool", "unreachable"]
@@ -70,6 +69,7 @@ class Attempt:
     #               "refused" | "timeout" | "tls-failed" | "error"
     answer: bytes = b""
     note: str = ""
+    evidence: dict[str, Any] | None = None  # what showed a pool (outcome "pool")
 
 
 @dataclass
@@ -90,30 +90,16 @@ class ProbeResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON Lines record of ``minewatch probe``."""
-        return {
-            "host": self.host,
-            "port": self.port,
-            "verdict": self.verdict,
-            "dialect": self.dialect,
-            "tls": self.tls,
-            "algo": self.algo,
-            "difficulty": self.difficulty,
-            "height": self.height,
-            "reasons": self.reasons,
-            "attempts": [
-                {
-                    "tls": a.tls,
-                    "request": a.request,
-                    "outcome": a.outcome,
-                    "answer": printable(a.answer),
-                    **({"note": a.note} if a.note else {}),
-                }
-                for a in self.attempts
-            ],
-            "probed_at": self.probed_at,
-            "seconds": round(self.seconds, 3),
-        }
+        """The JSON Lines record of ``minewatch probe``: the fields, with each attempt's
+        answer as readable text (:func:`printable`)."""
+        d = asdict(self)
+        for a in d["attempts"]:
+            a["answer"] = printable(a["answer"])
+            del a["evidence"]  # said in the reasons
+            if not a["note"]:
+                del a["note"]
+        d["seconds"] = round(self.seconds, 3)
+        return d
 
 
 def printable(data: bytes, limit: int = 160) -> str:
@@ -121,20 +107,6 @@ def printable(data: bytes, limit: int = 160) -> str:
     text = data[:limit].decode("ascii", "backslashreplace")
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text + ("…" if len(data) > limit else "")
-
-
-def parse_endpoint(text: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` → (host, port); :class:`InputError` otherwise."""
-    m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\s]+):(\d+)", text.strip())
-    if not m:
-        raise InputError(
-            f"not HOST:PORT: {text!r}", hint="e.g. 203.0.113.7:3333 or [2001:db8::1]:443"
-        )
-    host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4))
-    if not 0 < port < 65536:
-        raise InputError(f"port out of range in {text!r}")
-    return host, port
 
 
 def _requests(login: str) -> dict[str, bytes]:
@@ -176,8 +148,9 @@ def _enough(data: bytes) -> bool:
     return any("id" in m or "method" in m for m in _json_lines(data))
 
 
-def _exchange(host: str, port: int, tls: bool, payload: bytes, timeout: float) -> Attempt:
-    request = "cryptonote-login" if b'"login"' in payload else "stratum1-subscribe"
+def _exchange(
+    host: str, port: int, tls: bool, request: str, payload: bytes, timeout: float
+) -> Attempt:
     deadline = time.monotonic() + timeout
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
@@ -242,9 +215,8 @@ def _judge(a: Attempt) -> Attempt:
     if not msgs:
         a.outcome = "other"
         return a
-    a.outcome = "json-rpc"
-    if _pool_evidence(a.request, msgs) is not None:
-        a.outcome = "pool"
+    a.evidence = _pool_evidence(a.request, msgs)
+    a.outcome = "json-rpc" if a.evidence is None else "pool"
     return a
 
 
@@ -333,11 +305,9 @@ def probe(
     for use_tls in (False, True) if tls is None else (tls,):
         again_in_tls = False
         for name in ("cryptonote-login", "stratum1-subscribe"):
-            a = _exchange(host, port, use_tls, requests[name], timeout)
+            a = _exchange(host, port, use_tls, name, requests[name], timeout)
             res.attempts.append(a)
-            if a.outcome == "pool":
-                ev = _pool_evidence(a.request, _json_lines(a.answer))
-                assert ev is not None
+            if (ev := a.evidence) is not None:
                 res.verdict, res.dialect, res.tls = "pool", ev["dialect"], use_tls
                 res.reasons = [_reason(a, ev, res)]
                 res.seconds = time.monotonic() - t0
