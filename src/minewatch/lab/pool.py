@@ -47,7 +47,6 @@ import itertools
 import json
 import logging
 import random
-import re
 import secrets
 import ssl
 import struct
@@ -60,6 +59,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from minewatch.net.stratum import split_login
+
 log = logging.getLogger(__name__)
 
 Dialect = Literal["cryptonote", "stratum1"]
@@ -70,10 +71,6 @@ _MIN_JOB_GAP = 0.05  # seconds: two blocks closer than this are pushed as one jo
 
 #: Lines longer than this are discarded (and recorded as bad input) without being parsed.
 DEFAULT_MAX_LINE_BYTES = 16 * 1024
-
-#: A Monero address as pools check its shape: standard (95 characters) or integrated (106),
-#: base58, mainnet prefix 4 or 8. The checksum is not verified (nor by the lab's fake wallets).
-MONERO_ADDRESS = re.compile(r"[48][1-9A-HJ-NP-Za-km-z]{94}(?:[1-9A-HJ-NP-Za-km-z]{11})?")
 
 #: Extensions the CryptoNote pool announces in its login reply (``nicehash`` only when enabled).
 BASE_EXTENSIONS: tuple[str, ...] = ("algo", "keepalive", "connect")
@@ -266,9 +263,9 @@ class PoolConfig:
     that the miner finds about one share every ``share_target_s`` seconds, whatever its hash
     rate (see :class:`VarDiff`). ``None`` keeps the difficulty fixed.
 
-    ``check_wallet`` makes CryptoNote logins whose wallet (the login up to ``.`` or ``+``) is
-    not shaped like a Monero address fail with ``Invalid payment address provided``, as
-    pools that pay out do; by default any login is accepted.
+    ``check_wallet`` makes CryptoNote logins that hold no Monero-shaped wallet (as
+    :func:`minewatch.net.stratum.split_login` reads logins) fail with ``Invalid payment address
+    provided``, as pools that pay out do; by default any login is accepted.
     """
 
     host: str = "127.0.0.1"
@@ -761,8 +758,9 @@ class _CryptoNoteSession(_Session):
         if self.logged_in:
             await self.error(msg_id, -1, "Already logged in")
             return
-        wallet = re.split(r"[.+]", params["login"], maxsplit=1)[0]
-        if self.config.check_wallet and not MONERO_ADDRESS.fullmatch(wallet):
+        # The wallet's shape as the Stratum reader knows it (base58, 95 or 106 characters,
+        # prefix 4 or 8; the checksum is not verified, nor by the lab's fake wallets).
+        if self.config.check_wallet and split_login(params["login"])[2] != "xmr":
             # What nodejs-pool (supportxmr, MoneroOcean) answers a login it cannot pay.
             self.bad("bad-wallet", raw)
             await self.error(msg_id, -1, "Invalid payment address provided")
